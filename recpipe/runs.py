@@ -1,0 +1,173 @@
+"""Shared helpers of the pipeline's Lambdas: run ids, S3 URIs and JSON documents, the manifest,
+and the environment variables through which resource names arrive.
+
+Standard library plus a boto3 client passed in by the caller (never created here), so that the
+Lambdas stay testable with moto and this module stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+from recpipe.lambda_errors import ConfigurationError, InputError, NotFoundError, SchemaVersionError
+from recpipe.tables import BUCKET_ENV, TABLE_ENV
+
+MANIFEST_SCHEMA_VERSION = 1
+RUNS_PREFIX = "runs/"
+
+# Project prefix of every SageMaker resource name (IAM policies are scoped on it).
+JOB_PREFIX = "recpipe-"
+# SageMaker job/model names: at most 63 characters of [a-zA-Z0-9-], starting alphanumeric.
+MAX_JOB_NAME = 63
+# The longest suffix a job name gets after the run id (see ``job_name``): "-serve-model".
+_LONGEST_JOB_SUFFIX = len("-serve-model")
+MAX_RUN_ID = MAX_JOB_NAME - len(JOB_PREFIX) - _LONGEST_JOB_SUFFIX  # 43
+_HASH_CHARS = 8
+_VALID_RUN_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def derive_run_id(execution_name: str) -> str:
+    """The run id of an execution: its name when that is already a short lower-case slug
+    (``[a-z0-9]`` words joined by single hyphens, at most 43 characters), otherwise a sanitised,
+    truncated slug plus 8 hex characters of the name's SHA-256, so distinct names stay distinct.
+
+    The run id names S3 prefixes, the results table's version and every SageMaker job
+    (``recpipe-<run_id>-<variant>-<kind>``, which must fit in 63 characters).
+    """
+    if not isinstance(execution_name, str) or not execution_name:
+        raise InputError(f"The 'execution_name' must be a non-empty string, got {execution_name!r}.")
+    if len(execution_name) <= MAX_RUN_ID and _VALID_RUN_ID.match(execution_name):
+        return execution_name
+    digest = hashlib.sha256(execution_name.encode("utf-8")).hexdigest()[:_HASH_CHARS]
+    slug = re.sub(r"[^a-z0-9]+", "-", execution_name.lower()).strip("-")
+    slug = slug[: MAX_RUN_ID - _HASH_CHARS - 1].strip("-")
+    return f"{slug}-{digest}" if slug else f"run-{digest}"
+
+
+def job_name(run_id: str, kind: str, variant: str | None = None) -> str:
+    """``recpipe-<run_id>[-<variant>]-<kind>``; raises when it would exceed 63 characters."""
+    parts = [JOB_PREFIX + run_id, *([variant] if variant else []), kind]
+    name = "-".join(parts)
+    if len(name) > MAX_JOB_NAME:
+        raise InputError(f"The SageMaker name {name!r} is {len(name)} characters long; the limit is "
+                         f"{MAX_JOB_NAME}.")
+    return name
+
+
+# --- S3 URIs -----------------------------------------------------------------------------------
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/part`` -> ``("bucket", "key/part")`` (the key may be empty or a prefix)."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise InputError(f"Expected an S3 URI like 's3://bucket/key', got {uri!r}.")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise InputError(f"The S3 URI {uri!r} has no bucket.")
+    return bucket, key
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def join_uri(prefix: str, *parts: str) -> str:
+    """``join_uri("s3://b/runs/x/", "processed", "manifest.json")`` -> ``s3://b/runs/x/processed/manifest.json``."""
+    out = prefix.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def prefix_uri(prefix: str, *parts: str) -> str:
+    """Like :func:`join_uri` but always ending in ``/`` (an S3 prefix)."""
+    return join_uri(prefix, *parts) + "/"
+
+
+def _is_not_found(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+
+
+def get_bytes(s3: Any, uri: str) -> bytes:
+    """The object's bytes; :class:`NotFoundError` naming the bucket and key when it is absent."""
+    bucket, key = parse_s3_uri(uri)
+    try:
+        body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        if _is_not_found(exc):
+            raise NotFoundError(f"S3 object s3://{bucket}/{key} does not exist.") from exc
+        raise
+    return body
+
+
+def get_json(s3: Any, uri: str) -> Any:
+    """Parse the JSON object at ``uri``; errors name the bucket and key."""
+    raw = get_bytes(s3, uri)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"S3 object {uri} is not valid JSON: {exc}.") from exc
+
+
+def put_json(s3: Any, uri: str, document: Any) -> None:
+    """Write ``document`` as pretty, key-sorted JSON (stable bytes for identical documents)."""
+    bucket, key = parse_s3_uri(uri)
+    body = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def load_manifest(s3: Any, uri: str) -> dict[str, Any]:
+    """The processing manifest at ``uri`` (``.../processed/manifest.json``), schema version checked."""
+    manifest = get_json(s3, uri)
+    if not isinstance(manifest, dict):
+        raise InputError(f"The manifest {uri} must be a JSON object, got {type(manifest).__name__}.")
+    version = manifest.get("schema_version")
+    if version != MANIFEST_SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"The manifest {uri} has schema_version {version!r}; this code reads version "
+            f"{MANIFEST_SCHEMA_VERSION}. Re-run the processing step with the deployed code."
+        )
+    return manifest
+
+
+def manifest_file_uri(manifest_uri: str, manifest: dict[str, Any], name: str) -> str | None:
+    """The URI of ``manifest["files"][name]`` (paths are relative to the manifest's directory);
+    ``None`` when the manifest lists it as null (e.g. ``test`` without a holdout)."""
+    files = manifest.get("files") or {}
+    if name not in files:
+        raise InputError(f"The manifest {manifest_uri} has no 'files.{name}' entry.")
+    rel = files[name]
+    if rel is None:
+        return None
+    base = manifest_uri.rsplit("/", 1)[0]
+    return f"{base}/{rel}"
+
+
+def run_prefix(bucket: str, run_id: str) -> str:
+    """``s3://<bucket>/runs/<run_id>/``: everything a run writes lives under it."""
+    return f"s3://{bucket}/{RUNS_PREFIX}{run_id}/"
+
+
+# --- environment -------------------------------------------------------------------------------
+
+def env(name: str) -> str:
+    """A required environment variable; :class:`ConfigurationError` naming it when unset."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise ConfigurationError(f"The environment variable {name} is not set; the deployment "
+                                 "(CDK construct or local engine) must set it.")
+    return value
+
+
+def bucket_name() -> str:
+    """The data bucket (environment variable ``RECPIPE_BUCKET``)."""
+    return env(BUCKET_ENV)
+
+
+def table_name() -> str:
+    """The results table (environment variable ``RECPIPE_TABLE``)."""
+    return env(TABLE_ENV)
