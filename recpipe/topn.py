@@ -1,0 +1,216 @@
+"""k-NN batch-transform output -> each user's ranked, seen-filtered top N (Publish and Evaluate).
+
+What the service returns. The built-in k-NN's verbose output holds, per input record,
+``labels`` (the training records' labels: here item indices, written by Repackage) and
+``distances``. AWS documents the verbose ``distances`` as "sorted from smallest to largest" without
+saying what they are per metric (docs: "k-NN Request and Response Formats", "k-NN
+Hyperparameters"); with ``index_metric=INNER_PRODUCT`` the index is a faiss inner-product index,
+whose search returns the raw inner products, larger = nearer. So for INNER_PRODUCT the "distance"
+is taken to be the score ``user . item`` (higher is better), which is what the local stand-in writes
+too; ``higher_is_better=False`` covers a metric where smaller is nearer (L2). Either way the order
+the service lists neighbours in is never trusted: :func:`rank` sorts by score itself.
+
+Ranking (:func:`rank`), per user row:
+
+1. drop padding labels (``-1``, what faiss returns when fewer than k items exist) and repeated
+   labels (the best-scored copy stays);
+2. sort by score, best first (ties: lower item index first, so the result is deterministic);
+3. drop items the user has interacted with (``seen``);
+4. keep ``top_n``; a user left with fewer is topped up from the most popular items that are neither
+   seen nor already chosen (only when ``popularity`` is given). Topped-up slots carry a NaN score;
+   slots nothing could fill hold item ``-1`` and a NaN score.
+
+The transform output's lines map back to users through the user shard file names
+(:mod:`recpipe.vectors`): :func:`transform_parts` lists them and checks they tile all users.
+
+numpy and scipy only, plus an injected S3 client for :func:`transform_parts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from recpipe import vectors
+
+__all__ = ["Ranked", "TransformPart", "popularity_order", "rank", "transform_parts"]
+
+
+class Ranked(NamedTuple):
+    """:func:`rank`'s result; unpacks as ``items, scores, n_topped_up``."""
+
+    items: np.ndarray  # (n_users, top_n) int64 item indices, best first; -1 = nothing left
+    scores: np.ndarray  # (n_users, top_n) float64; NaN for topped-up and empty slots
+    n_topped_up: int  # users who received at least one item from the popularity top-up
+
+
+def popularity_order(popularity: np.ndarray) -> np.ndarray:
+    """Item indices from most to least popular (ties: lower index first)."""
+    popularity = np.asarray(popularity).reshape(-1)
+    return np.lexsort((np.arange(popularity.size), -popularity.astype(np.float64)))
+
+
+def rank(
+    labels: np.ndarray,
+    distances: np.ndarray,
+    seen: sp.csr_matrix | sp.csr_array,
+    top_n: int,
+    popularity: np.ndarray | None = None,
+    *,
+    higher_is_better: bool = True,
+) -> Ranked:
+    """Rank k-NN neighbours per user; see the module docstring for the rules.
+
+    ``labels``/``distances``: (n, k) as read from the verbose output; ``seen``: CSR (n, n_items) whose
+    row r is the user of ``labels[r]`` (slice the full matrix to a shard's rows); ``popularity``:
+    (n_items,) e.g. column sums of the seen matrix.
+    """
+    labels = np.asarray(labels)
+    distances = np.asarray(distances, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape != distances.shape:
+        raise ValueError(
+            f"labels and distances must be 2-d arrays of one shape, got {labels.shape} and {distances.shape}."
+        )
+    if not isinstance(top_n, int | np.integer) or top_n < 1:
+        raise ValueError(f"The 'top_n' parameter must be an int >= 1, got {top_n!r}.")
+    n, k = labels.shape
+    seen = sp.csr_matrix(seen)
+    n_items = seen.shape[1]
+    if seen.shape[0] != n:
+        raise ValueError(f"The seen matrix has {seen.shape[0]} rows but there are {n} users to rank.")
+    if popularity is not None and np.asarray(popularity).size != n_items:
+        raise ValueError(
+            f"popularity has {np.asarray(popularity).size} entries but there are {n_items} items."
+        )
+    labels = labels.astype(np.int64, copy=False)
+    bad = (labels < -1) | (labels >= n_items)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(
+            f"k-NN label {int(labels[r, c])} (row {int(r)}, neighbour {int(c)}) is not an item index in "
+            f"[0, {n_items}): was the k-NN model trained on this run's item vectors?"
+        )
+
+    scores = distances if higher_is_better else -distances
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    # Sort each row by (score desc, label asc); padding (-1) sorts last.
+    valid = labels >= 0
+    order = np.lexsort((labels, -scores, ~valid), axis=1)
+    labels = np.take_along_axis(labels, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    valid = np.take_along_axis(valid, order, axis=1)
+
+    if n and k:
+        valid &= ~_repeats(labels)
+        rows = np.broadcast_to(np.arange(n)[:, None], (n, k))
+        lookup = np.where(valid, labels, 0)
+        is_seen = np.asarray(seen[rows.ravel(), lookup.ravel()]).reshape(n, k) != 0
+        valid &= ~is_seen
+
+    kept = valid & (np.cumsum(valid, axis=1) <= top_n)
+    out_items = np.full((n, top_n), -1, dtype=np.int64)
+    out_scores = np.full((n, top_n), np.nan, dtype=np.float64)
+    counts = kept.sum(axis=1)
+    r_idx, c_idx = np.nonzero(kept)
+    slot = np.cumsum(kept, axis=1)[r_idx, c_idx] - 1
+    out_items[r_idx, slot] = labels[r_idx, c_idx]
+    out_scores[r_idx, slot] = scores[r_idx, c_idx]
+
+    topped_up = 0
+    if popularity is not None:
+        short = np.nonzero(counts < top_n)[0]
+        if short.size:
+            ranking = popularity_order(popularity)
+            for r in short:
+                filled = _top_up(out_items[r], int(counts[r]), ranking, seen, int(r))
+                topped_up += filled > 0
+    return Ranked(out_items, out_scores, int(topped_up))
+
+
+def _repeats(sorted_labels: np.ndarray) -> np.ndarray:
+    """True where a label already appeared earlier in its (score-sorted) row."""
+    n, k = sorted_labels.shape
+    by_label = np.lexsort((np.broadcast_to(np.arange(k), (n, k)), sorted_labels), axis=1)
+    grouped = np.take_along_axis(sorted_labels, by_label, axis=1)
+    repeat_sorted = np.zeros((n, k), dtype=bool)
+    repeat_sorted[:, 1:] = grouped[:, 1:] == grouped[:, :-1]
+    repeats = np.empty_like(repeat_sorted)
+    np.put_along_axis(repeats, by_label, repeat_sorted, axis=1)
+    return repeats
+
+
+def _top_up(row_items: np.ndarray, count: int, ranking: np.ndarray, seen: sp.csr_matrix, r: int) -> int:
+    """Fill ``row_items[count:]`` in place from ``ranking``, skipping seen and chosen items."""
+    excluded = set(seen.indices[seen.indptr[r]:seen.indptr[r + 1]].tolist())
+    excluded.update(row_items[:count].tolist())
+    filled = 0
+    for item in ranking:
+        if count + filled >= row_items.size:
+            break
+        if int(item) in excluded:
+            continue
+        row_items[count + filled] = item
+        filled += 1
+    return filled
+
+
+@dataclass(frozen=True)
+class TransformPart:
+    """One batch-transform output file and the user index range its lines hold, in order."""
+
+    bucket: str
+    key: str
+    start: int
+    stop: int
+
+
+def transform_parts(s3: Any, bucket: str, prefix: str, n_users: int) -> list[TransformPart]:
+    """List the ``*.out`` files under ``s3://bucket/prefix`` and map each to its users.
+
+    Each file is named after its input shard (``users-<start>-<stop>.pbr.out``); the parts must tile
+    ``[0, n_users)`` exactly, otherwise a ValueError names the gap or overlap.
+    """
+    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    parts: list[TransformPart] = []
+    unknown: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if not key.endswith(".out"):
+                continue
+            span = vectors.parse_user_shard(key)
+            if span is None:
+                unknown.append(key)
+            else:
+                parts.append(TransformPart(bucket, key, *span))
+    if unknown:
+        raise ValueError(
+            f"Transform output s3://{bucket}/{unknown[0]} is not named after a user shard "
+            f"(users-<start>-<stop>.pbr.out); {len(unknown)} such file(s)."
+        )
+    if not parts:
+        raise ValueError(f"No transform output (*.out) under s3://{bucket}/{prefix}.")
+    parts.sort(key=lambda p: p.start)
+    expected = 0
+    for part in parts:
+        if part.start > expected:
+            raise ValueError(
+                f"Users [{expected}, {part.start}) have no transform output under s3://{bucket}/{prefix}: "
+                "the outputs must cover every user exactly once."
+            )
+        if part.start < expected:
+            raise ValueError(
+                f"Transform output s3://{bucket}/{part.key} (users [{part.start}, {part.stop})) overlaps the "
+                f"previous file, which ends at user {expected}."
+            )
+        expected = part.stop
+    if expected != n_users:
+        raise ValueError(
+            f"Transform outputs under s3://{bucket}/{prefix} cover users [0, {expected}) but the manifest "
+            f"has {n_users} users."
+        )
+    return parts
+
