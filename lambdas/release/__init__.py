@@ -1,0 +1,1 @@
+"""Release: give the pipeline lock back, only if this run holds it."""
