@@ -23,7 +23,7 @@ Ranking (:func:`rank`), per user row:
 The transform output's lines map back to users through the user shard file names
 (:mod:`recpipe.vectors`): :func:`transform_parts` lists them and checks they tile all users.
 
-numpy and scipy only, plus an injected S3 client for :func:`transform_parts`.
+numpy and scipy only, plus an S3 client passed to :func:`transform_parts`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from recpipe import vectors
+from recpipe import runs, vectors
+from recpipe.lambda_errors import InputError, NotFoundError
 
 __all__ = ["Ranked", "TransformPart", "popularity_order", "rank", "transform_parts"]
 
@@ -167,12 +168,14 @@ class TransformPart:
     stop: int
 
 
-def transform_parts(s3: Any, bucket: str, prefix: str, n_users: int) -> list[TransformPart]:
-    """List the ``*.out`` files under ``s3://bucket/prefix`` and map each to its users.
+def transform_parts(s3: Any, uri: str, n_users: int) -> list[TransformPart]:
+    """List the ``*.out`` files under the S3 prefix ``uri`` and map each to its users, in user order.
 
     Each file is named after its input shard (``users-<start>-<stop>.pbr.out``); the parts must tile
-    ``[0, n_users)`` exactly, otherwise a ValueError names the gap or overlap.
+    ``[0, n_users)`` exactly, otherwise an InputError names the gap or overlap (NotFoundError when
+    there is no output at all).
     """
+    bucket, prefix = runs.parse_s3_uri(uri)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
     parts: list[TransformPart] = []
     unknown: list[str] = []
@@ -187,28 +190,28 @@ def transform_parts(s3: Any, bucket: str, prefix: str, n_users: int) -> list[Tra
             else:
                 parts.append(TransformPart(bucket, key, *span))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"Transform output s3://{bucket}/{unknown[0]} is not named after a user shard "
             f"(users-<start>-<stop>.pbr.out); {len(unknown)} such file(s)."
         )
     if not parts:
-        raise ValueError(f"No transform output (*.out) under s3://{bucket}/{prefix}.")
+        raise NotFoundError(f"No transform output (*.out) under s3://{bucket}/{prefix}.")
     parts.sort(key=lambda p: p.start)
     expected = 0
     for part in parts:
         if part.start > expected:
-            raise ValueError(
+            raise InputError(
                 f"Users [{expected}, {part.start}) have no transform output under s3://{bucket}/{prefix}: "
                 "the outputs must cover every user exactly once."
             )
         if part.start < expected:
-            raise ValueError(
+            raise InputError(
                 f"Transform output s3://{bucket}/{part.key} (users [{part.start}, {part.stop})) overlaps the "
                 f"previous file, which ends at user {expected}."
             )
         expected = part.stop
     if expected != n_users:
-        raise ValueError(
+        raise InputError(
             f"Transform outputs under s3://{bucket}/{prefix} cover users [0, {expected}) but the manifest "
             f"has {n_users} users."
         )

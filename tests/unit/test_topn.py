@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from moto import mock_aws
 
 from recpipe import topn, vectors
+from recpipe.lambda_errors import PipelineError
 
 
 def reference_rank(labels: np.ndarray, distances: np.ndarray, seen: sp.csr_matrix, top_n: int,
@@ -140,7 +141,7 @@ def put_outputs(s3: Any, ranges: list[tuple[int, int]], extra: tuple[str, ...] =
 
 def test_transform_parts_map_files_to_user_ranges(s3: Any) -> None:
     put_outputs(s3, [(5, 9), (0, 5)], extra=("t/_manifest.json",))
-    parts = topn.transform_parts(s3, "bkt", "t", 9)
+    parts = topn.transform_parts(s3, "s3://bkt/t", 9)
     assert [(p.start, p.stop) for p in parts] == [(0, 5), (5, 9)]
     assert parts[0].key == "t/users-0000000000-0000000005.pbr.out"
 
@@ -158,5 +159,5 @@ def test_transform_parts_map_files_to_user_ranges(s3: Any) -> None:
 def test_transform_parts_must_tile_the_users(s3: Any, ranges: list[tuple[int, int]], extra: tuple[str, ...],
                                              message: str) -> None:
     put_outputs(s3, ranges, extra)
-    with pytest.raises(ValueError, match=message):
-        topn.transform_parts(s3, "bkt", "t/", 9)
+    with pytest.raises(PipelineError, match=message):
+        topn.transform_parts(s3, "s3://bkt/t/", 9)
