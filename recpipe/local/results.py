@@ -1,0 +1,82 @@
+"""Read published recommendations from the results table (``recpipe.tables`` layout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from recpipe import tables
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _item(raw: dict[str, Any]) -> dict[str, Any]:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    deserializer = TypeDeserializer()
+    return {k: _plain(deserializer.deserialize(v)) for k, v in raw.items()}
+
+
+def _key(key: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {k: {"S": v} for k, v in key.items()}
+
+
+def active_pointer(ddb: Any, table: str) -> dict[str, Any] | None:
+    """The ``meta#active`` pointer item, or None when nothing was published yet."""
+    raw = ddb.get_item(TableName=table, Key=_key(tables.ACTIVE_KEY), ConsistentRead=True).get("Item")
+    return _item(raw) if raw else None
+
+
+def lock_item(ddb: Any, table: str) -> dict[str, Any] | None:
+    raw = ddb.get_item(TableName=table, Key=_key(tables.LOCK_KEY), ConsistentRead=True).get("Item")
+    return _item(raw) if raw else None
+
+
+def shape(user_id: str, run_id: str, items: list[Any], top: int | None = None) -> dict[str, Any]:
+    """The CLI's JSON shape: ``{"user_id", "run_id", "items": [{"item_id", "score"}, ...]}``."""
+    chosen = items[:top] if top else items
+    return {"user_id": user_id, "run_id": run_id,
+            "items": [{"item_id": str(i.get("item_id")), "score": i.get("score")} for i in chosen]}
+
+
+def user_recommendations(ddb: Any, table: str, user_id: str, run_id: str) -> dict[str, Any] | None:
+    raw = ddb.get_item(TableName=table, Key=_key(tables.user_key(user_id, run_id))).get("Item")
+    if not raw:
+        return None
+    item = _item(raw)
+    return shape(str(item.get("user_id", user_id)), run_id, list(item.get("items", [])))
+
+
+def _user_order(row: dict[str, Any]) -> tuple[int, str]:
+    """Numeric ids in numeric order, then the others."""
+    user_id = str(row["user_id"])
+    return (len(user_id), user_id) if user_id.isdigit() else (1 << 30, user_id)
+
+
+def all_recommendations(ddb: Any, table: str, run_id: str) -> Iterator[dict[str, Any]]:
+    """Every user's row of version ``run_id`` (a scan; fine for local tables)."""
+    paginator = ddb.get_paginator("scan")
+    pages = paginator.paginate(
+        TableName=table,
+        FilterExpression="begins_with(#pk, :user) AND #sk = :version",
+        ExpressionAttributeNames={"#pk": tables.PARTITION_KEY, "#sk": tables.SORT_KEY},
+        ExpressionAttributeValues={":user": {"S": tables.USER_PREFIX},
+                                   ":version": {"S": f"{tables.VERSION_PREFIX}{run_id}"}},
+    )
+    rows = []
+    for page in pages:
+        for raw in page.get("Items", []):
+            item = _item(raw)
+            user_id = str(item.get("user_id") or str(item[tables.PARTITION_KEY])[len(tables.USER_PREFIX):])
+            rows.append(shape(user_id, run_id, list(item.get("items", []))))
+    rows.sort(key=_user_order)
+    yield from rows
