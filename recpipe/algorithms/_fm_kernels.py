@@ -1,0 +1,204 @@
+"""Numba kernels of the Factorization Machines stand-in: minibatch Adam, Hogwild across threads.
+
+The update is the one the built-in algorithm performs (an MXNet module trained with Adam and
+per-parameter-group learning rates and weight decays, sparse "lazy" updates): for each minibatch
+
+    g      = rescale_grad * dloss/dparam + wd * param        (only rows the batch touches)
+    g      = clip(g, -clip_gradient, clip_gradient)          (when clip_gradient >= 0)
+    m      = beta1 * m + (1 - beta1) * g
+    v      = beta2 * v + (1 - beta2) * g^2
+    param -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)
+
+where t is the global step (minibatches so far) and dloss/dscore is ``score - y`` for the regressor
+(squared loss / 2) and ``sigmoid(score) - y`` for the binary classifier (log loss).
+
+Every thread runs :func:`train_batches` on its own share of the epoch's minibatches at the same
+time as the others (``nogil``): each minibatch's gradient is computed from the parameters as they
+are, then applied; updates of two threads that touch the same row may interleave (Hogwild). Single
+threaded, the result is exactly sequential minibatch Adam and deterministic.
+
+Layout: ``P`` is ``(n_features, 3, k)`` float32 holding, per feature row, the factors ``V``, Adam's
+first moment and second moment side by side, so one feature's update touches one contiguous
+``3 * k * 4``-byte block (one cache-miss burst instead of three on models larger than the cache).
+``W`` is ``(n_features, 3)`` (linear weight, moments), ``B`` is ``(3,)`` (bias, moments).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+REGRESSOR = 0
+BINARY_CLASSIFIER = 1
+
+# Indices into the float64 hyperparameter vector passed to the kernel.
+HP_BIAS_LR, HP_LINEAR_LR, HP_FACTORS_LR = 0, 1, 2
+HP_BIAS_WD, HP_LINEAR_WD, HP_FACTORS_WD = 3, 4, 5
+HP_BETA1, HP_BETA2, HP_EPS, HP_RESCALE, HP_CLIP = 6, 7, 8, 9, 10
+N_HP = 11
+
+
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+def train_batches(
+    indptr: np.ndarray,  # int64 (n_rows + 1)
+    indices: np.ndarray,  # int32 (nnz)
+    data: np.ndarray,  # float32 (nnz)
+    y: np.ndarray,  # float32 (n_rows)
+    batch_order: np.ndarray,  # int64: the epoch's minibatch numbers, in the order they are visited
+    batch_size: int,
+    first: int,  # this thread visits batch_order[first::stride]
+    stride: int,
+    step0: int,  # global Adam steps taken before this epoch
+    P: np.ndarray,  # float32 (n_features, 3, k)
+    W: np.ndarray,  # float32 (n_features, 3)
+    B: np.ndarray,  # float32 (3,)
+    hp: np.ndarray,  # float64 (N_HP,)
+    task: int,
+    mark: np.ndarray,  # int64 (n_features): last step that touched the feature (thread-private)
+    slot: np.ndarray,  # int32 (n_features): its row in the gradient buffers (thread-private)
+    touched: np.ndarray,  # int32 (max touched per batch)
+    gV: np.ndarray,  # float32 (max touched per batch, k)
+    gw: np.ndarray,  # float32 (max touched per batch)
+    q: np.ndarray,  # float32 (k)
+    stats: np.ndarray,  # float64 (2,): sum of training loss, rows seen (accumulated)
+) -> None:
+    n_rows = y.shape[0]
+    k = P.shape[2]
+    lr_b, lr_w, lr_v = hp[HP_BIAS_LR], hp[HP_LINEAR_LR], hp[HP_FACTORS_LR]
+    wd_b, wd_w, wd_v = hp[HP_BIAS_WD], hp[HP_LINEAR_WD], hp[HP_FACTORS_WD]
+    beta1, beta2, eps = hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS]
+    rescale, clip = hp[HP_RESCALE], hp[HP_CLIP]
+    b1 = np.float32(beta1)
+    b2 = np.float32(beta2)
+    ob1 = np.float32(1.0 - beta1)
+    ob2 = np.float32(1.0 - beta2)
+    eps32 = np.float32(eps)
+    wdv32 = np.float32(wd_v)
+    resc32 = np.float32(rescale)
+    do_clip = clip >= 0.0
+    clip32 = np.float32(clip)
+    loss_sum = 0.0
+    seen = 0
+    n_batches = batch_order.shape[0]
+    for pos in range(first, n_batches, stride):
+        t = step0 + pos + 1
+        start = batch_order[pos] * batch_size
+        end = min(start + batch_size, n_rows)
+        nu = 0
+        gb = np.float32(0.0)
+        for r in range(start, end):
+            a = indptr[r]
+            e = indptr[r + 1]
+            score = B[0]
+            for f in range(k):
+                q[f] = 0.0
+            s2 = np.float32(0.0)
+            for jj in range(a, e):
+                j = indices[jj]
+                x = data[jj]
+                score += W[j, 0] * x
+                for f in range(k):
+                    vx = P[j, 0, f] * x
+                    q[f] += vx
+                    s2 += vx * vx
+            qq = np.float32(0.0)
+            for f in range(k):
+                qq += q[f] * q[f]
+            score += np.float32(0.5) * (qq - s2)
+            label = y[r]
+            if task == REGRESSOR:
+                g = score - label
+                loss_sum += g * g
+            else:
+                z = float(score)
+                if z >= 0.0:
+                    prob = 1.0 / (1.0 + math.exp(-z))
+                else:
+                    ez = math.exp(z)
+                    prob = ez / (1.0 + ez)
+                loss_sum += math.log1p(math.exp(-abs(z))) + max(z, 0.0) - label * z
+                g = np.float32(prob - label)
+            g = g * resc32
+            gb += g
+            for jj in range(a, e):
+                j = indices[jj]
+                x = data[jj]
+                if mark[j] != t:
+                    mark[j] = t
+                    slot[j] = nu
+                    touched[nu] = j
+                    gw[nu] = 0.0
+                    for f in range(k):
+                        gV[nu, f] = 0.0
+                    nu += 1
+                u = slot[j]
+                gx = g * x
+                gw[u] += gx
+                for f in range(k):
+                    gV[u, f] += gx * (q[f] - P[j, 0, f] * x)
+        seen += end - start
+        corr = math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        step_v = np.float32(lr_v * corr)
+        step_w = lr_w * corr
+        for u in range(nu):
+            j = touched[u]
+            gj = gw[u] + wd_w * W[j, 0]
+            if do_clip:
+                gj = min(max(gj, -clip), clip)
+            mj = beta1 * W[j, 1] + (1.0 - beta1) * gj
+            vj = beta2 * W[j, 2] + (1.0 - beta2) * gj * gj
+            W[j, 1] = mj
+            W[j, 2] = vj
+            W[j, 0] -= step_w * mj / (math.sqrt(vj) + eps)
+            for f in range(k):
+                gf = gV[u, f] + wdv32 * P[j, 0, f]
+                if do_clip:
+                    gf = min(max(gf, -clip32), clip32)
+                mf = b1 * P[j, 1, f] + ob1 * gf
+                vf = b2 * P[j, 2, f] + ob2 * gf * gf
+                P[j, 1, f] = mf
+                P[j, 2, f] = vf
+                P[j, 0, f] -= step_v * mf / (np.sqrt(vf) + eps32)
+        gbias = gb + wd_b * B[0]
+        if do_clip:
+            gbias = min(max(gbias, -clip), clip)
+        mb = beta1 * B[1] + (1.0 - beta1) * gbias
+        vb = beta2 * B[2] + (1.0 - beta2) * gbias * gbias
+        B[1] = mb
+        B[2] = vb
+        B[0] -= lr_b * corr * mb / (math.sqrt(vb) + eps)
+    stats[0] += loss_sum
+    stats[1] += seen
+
+
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
+def predict_rows(
+    indptr: np.ndarray,  # int64
+    indices: np.ndarray,  # int32
+    data: np.ndarray,  # float32
+    V: np.ndarray,  # float32 (n_features, k), possibly a strided view of P[:, 0, :]
+    w: np.ndarray,  # float32 (n_features,), possibly strided
+    b: float,
+    out: np.ndarray,  # float64 (n_rows): the raw score
+) -> None:
+    k = V.shape[1]
+    q = np.zeros(k, dtype=np.float64)
+    for r in range(out.shape[0]):
+        score = b
+        for f in range(k):
+            q[f] = 0.0
+        s2 = 0.0
+        for jj in range(indptr[r], indptr[r + 1]):
+            j = indices[jj]
+            x = float(data[jj])
+            score += w[j] * x
+            for f in range(k):
+                vx = V[j, f] * x
+                q[f] += vx
+                s2 += vx * vx
+        qq = 0.0
+        for f in range(k):
+            qq += q[f] * q[f]
+        out[r] = score + 0.5 * (qq - s2)
