@@ -80,3 +80,26 @@ def all_recommendations(ddb: Any, table: str, run_id: str) -> Iterator[dict[str,
             rows.append(shape(user_id, run_id, list(item.get("items", []))))
     rows.sort(key=_user_order)
     yield from rows
+
+
+def sample_users(ddb: Any, table: str, run_id: str, n: int = 3) -> list[dict[str, Any]]:
+    """``n`` users of version ``run_id``: the lowest ids among the first rows found."""
+    found: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "FilterExpression": "begins_with(#pk, :user) AND #sk = :version",
+        "ExpressionAttributeNames": {"#pk": tables.PARTITION_KEY, "#sk": tables.SORT_KEY},
+        "ExpressionAttributeValues": {":user": {"S": tables.USER_PREFIX},
+                                      ":version": {"S": f"{tables.VERSION_PREFIX}{run_id}"}},
+    }
+    while len(found) < 50:
+        page = ddb.scan(**kwargs)
+        for raw in page.get("Items", []):
+            item = _item(raw)
+            user_id = str(item.get("user_id") or str(item[tables.PARTITION_KEY])[len(tables.USER_PREFIX):])
+            found.append(shape(user_id, run_id, list(item.get("items", []))))
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    found.sort(key=_user_order)
+    return found[:n]
