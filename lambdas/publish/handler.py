@@ -1,0 +1,31 @@
+"""Publish Lambda: ``{"run_id", "transform_output", "manifest", "top_n", "ttl_days", "metrics"}`` ->
+``{"run_id", "users_written", "topped_up_users", "previous_run_id"}``."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+
+from lambdas.publish.publish import PublishRequest, publish
+from recpipe import runs
+
+logger = Logger(service="recpipe-publish")
+
+
+@functools.cache
+def _clients() -> tuple[Any, Any]:
+    return boto3.client("s3"), boto3.client("dynamodb")
+
+
+def lambda_handler(event: dict[str, Any], context: Any, *,
+                   s3: Any = None, dynamodb: Any = None) -> dict[str, Any]:
+    request = PublishRequest.from_event(event)
+    if s3 is None or dynamodb is None:
+        default_s3, default_dynamodb = _clients()
+        s3, dynamodb = s3 or default_s3, dynamodb or default_dynamodb
+    result = publish(request, s3=s3, dynamodb=dynamodb, table=runs.table_name())
+    logger.info("Published", extra=result)
+    return result
