@@ -21,13 +21,20 @@ Ranking (:func:`rank`), per user row:
    slots nothing could fill hold item ``-1`` and a NaN score.
 
 The transform output's lines map back to users through the user shard file names
-(:mod:`recpipe.vectors`): :func:`transform_parts` lists them and checks they tile all users.
+(:mod:`recpipe.vectors`): :func:`transform_parts` lists them and checks they tile all users;
+:func:`read_part` reads one and checks its record count. A consumer streams shard by shard::
+
+    for part in topn.transform_parts(s3, transform_output_uri, n_users):
+        labels, distances = topn.read_part(s3, part)
+        items, scores, n_topped_up = topn.rank(labels, distances, seen[part.start:part.stop], top_n,
+                                               popularity)
 
 numpy and scipy only, plus an S3 client passed to :func:`transform_parts`.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,7 +44,7 @@ import scipy.sparse as sp
 from recpipe import runs, vectors
 from recpipe.lambda_errors import InputError, NotFoundError
 
-__all__ = ["Ranked", "TransformPart", "popularity_order", "rank", "transform_parts"]
+__all__ = ["Ranked", "TransformPart", "popularity_order", "rank", "read_part", "transform_parts"]
 
 
 class Ranked(NamedTuple):
@@ -217,3 +224,21 @@ def transform_parts(s3: Any, uri: str, n_users: int) -> list[TransformPart]:
         )
     return parts
 
+
+
+def read_part(s3: Any, part: TransformPart) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, distances)``, each (stop - start, k), of one transform output file; an InputError
+    when its record count does not match the user range its name gives."""
+    from recpipe.formats.knn_output import read_verbose_jsonlines
+
+    uri = runs.s3_uri(part.bucket, part.key)
+    try:
+        labels, distances = read_verbose_jsonlines(io.BytesIO(runs.get_bytes(s3, uri)))
+    except ValueError as exc:
+        raise InputError(f"{uri}: {exc}") from exc
+    if labels.shape[0] != part.stop - part.start:
+        raise InputError(
+            f"Transform output {uri} holds {labels.shape[0]} records but its name says users "
+            f"[{part.start}, {part.stop}) ({part.stop - part.start} records)."
+        )
+    return labels, distances

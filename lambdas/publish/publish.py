@@ -18,13 +18,12 @@ the pointer never does. :func:`activate` re-points readers to an older complete 
 Transform output -> users: each ``*.out`` file is named after the user shard Repackage wrote
 (``users-<start>-<stop>.pbr.out``, :mod:`recpipe.vectors`) and the batch transform keeps the input
 order, so line j of that file is user ``start + j``; :func:`recpipe.topn.transform_parts` checks the
-files tile all users and the line count of each file is checked against its range.
+files tile all users and :func:`recpipe.topn.read_part` checks each file's line count against its range.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -133,38 +132,6 @@ def _lines(s3: Any, uri: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
-
-
-def read_part(s3: Any, part: topn.TransformPart) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels, distances)`` of one transform output file; its line count must match its range."""
-    uri = runs.s3_uri(part.bucket, part.key)
-    labels, distances = _read_verbose_jsonlines(runs.get_bytes(s3, uri), uri)
-    if labels.shape[0] != part.stop - part.start:
-        raise InputError(
-            f"Transform output {uri} holds {labels.shape[0]} records but its name says users "
-            f"[{part.start}, {part.stop}) ({part.stop - part.start} records)."
-        )
-    return labels, distances
-
-
-def _read_verbose_jsonlines(data: bytes, uri: str) -> tuple[np.ndarray, np.ndarray]:
-    # TODO(formats): switch to recpipe.formats.knn_output.read_verbose_jsonlines once it lands.
-    labels: list[list[float]] = []
-    distances: list[list[float]] = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            labels.append(record["labels"])
-            distances.append(record["distances"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{uri} line {number} is not a verbose k-NN record: {exc!r}.") from exc
-    width = len(labels[0]) if labels else 0
-    if any(len(row) != width for row in labels) or any(len(row) != width for row in distances):
-        raise InputError(f"{uri}: records hold different numbers of neighbours.")
-    return (np.asarray(labels, dtype=np.float64).reshape(-1, width).astype(np.int64),
-            np.asarray(distances, dtype=np.float64).reshape(-1, width))
 
 
 def _score(value: float) -> dict[str, Any]:
@@ -286,8 +253,11 @@ def _flip_pointer(dynamodb: Any, table: str, run_id: str, *, expected_run_id: st
         **_key(tables.ACTIVE_KEY),
         "run_id": {"S": run_id},
         "activated_at": {"S": _iso(now)},
-        "ndcg_at_10": _serializer.serialize(_plain(ndcg_at_10)),
     }
+    # Absent rather than NULL: readers (Evaluate's gate) expect a number or nothing.
+    ndcg = _plain(ndcg_at_10)
+    if isinstance(ndcg, Decimal):
+        item["ndcg_at_10"] = {"N": str(ndcg)}
     if expected_run_id is not None:
         item["previous_run_id"] = {"S": expected_run_id}
     if expected_run_id is None:
@@ -327,7 +297,7 @@ def publish(
     writer = writer or BatchWriter(dynamodb, table)
     users_written = topped_up = 0
     for part in parts:
-        labels, distances = read_part(s3, part)
+        labels, distances = topn.read_part(s3, part)
         ranked = topn.rank(labels, distances, catalogue.seen[part.start:part.stop], request.top_n,
                            catalogue.popularity)
         topped_up += ranked.n_topped_up
