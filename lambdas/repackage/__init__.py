@@ -1,0 +1,1 @@
+"""Repackage: the FM model -> item vectors (k-NN training set) and user vectors (inference set)."""
