@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -35,7 +36,8 @@ DYNAMODB = typer.Option(None, "--dynamodb-endpoint",
                         help="Use this DynamoDB endpoint (e.g. DynamoDB Local) instead of starting dynalite.")
 TABLE = typer.Option("recpipe-results", "--table", help="Results table name.")
 
-_ICONS = {"running": "[yellow]…[/]", "succeeded": "[green]✓[/]", "failed": "[red]✗[/]"}
+_ICONS = {"running": "[yellow]…[/]", "succeeded": "[green]✓[/]", "failed": "[red]✗[/]",
+          "aborted": "[dim]-[/]"}
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -82,13 +84,13 @@ class RunDisplay:
     def update(self, outcome: Any) -> None:
         for run in outcome.states:
             key = (run.path, run.name, run.entered_id)
-            line = f"{_ICONS.get(run.status, run.status)} {run.label:<34} {run.status:<9}"
+            line = f"{_ICONS.get(run.status, run.status)} {escape(f'{run.label:<34}')} {run.status:<9}"
             if run.seconds is not None:
                 line += f" {_duration(run.seconds):>8}"
             if run.attempts > 1:
                 line += f"  ({run.attempts} attempts)"
             if run.status == "failed":
-                line += f"  [red]{run.error or ''}[/]" + ("  (caught)" if run.caught else "")
+                line += f"  [red]{escape(run.error or '')}[/]" + ("  (caught)" if run.caught else "")
             task = self._state_tasks.get(key)
             if task is None:
                 task = self.states.add_task(line, total=1)
@@ -100,7 +102,7 @@ class RunDisplay:
         metric = "  ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:2])
         task = self._epoch_tasks.get(job_name)
         if task is None:
-            task = self.epochs.add_task(f"{job_name} epochs", total=total, metric=metric)
+            task = self.epochs.add_task(escape(f"{job_name} epochs"), total=total, metric=metric)
             self._epoch_tasks[job_name] = task
         self.epochs.update(task, completed=epoch, total=total, metric=metric)
 
@@ -133,13 +135,13 @@ def _print_outcome(outcome: Any, run_id: str | None, started: float) -> None:
         console.print(f"\n[green bold]Run {run_id} succeeded[/] in {_duration(elapsed)}.")
     else:
         failed = outcome.failed_state
-        where = f" in state '{failed.label}'" if failed else ""
+        where = f" in state '{escape(failed.label)}'" if failed else ""
         console.print(f"\n[red bold]Run {run_id or '?'} {outcome.status.lower()}{where}[/] "
                       f"after {_duration(elapsed)}.")
         if failed is not None and failed.error:
-            console.print(f"  state error: {failed.error}")
-        console.print(f"  error: {outcome.error}")
-        console.print(f"  cause: {outcome.cause}")
+            console.print(f"  state error: {escape(failed.error)}")
+        console.print(f"  error: {escape(str(outcome.error))}")
+        console.print(f"  cause: {escape(str(outcome.cause))}")
     metrics = _metrics_of(outcome)
     if metrics:
         table = Table(title="Holdout metrics (eval variant)", show_header=True)
@@ -376,7 +378,7 @@ def status(run_id: str | None = typer.Argument(None, help="Run id or execution n
                   f"{record.get('backend', 'local')}): [{colour}]{record.get('status')}[/]")
     console.print(f"  started {record.get('started')}  stopped {record.get('stopped')}")
     if record.get("error"):
-        console.print(f"  error: {record['error']}\n  cause: {record.get('cause')}")
+        console.print(f"  error: {escape(str(record['error']))}\n  cause: {escape(str(record.get('cause')))}")
     out = Table(show_header=True)
     for column in ("state", "outcome", "started", "duration", "error"):
         out.add_column(column)

@@ -50,7 +50,7 @@ class StateRun:
     path: tuple[int, ...]            # Map iteration indices, outermost first; () at the top level
     started: dt.datetime
     ended: dt.datetime | None = None
-    status: str = "running"          # running | succeeded | failed
+    status: str = "running"          # running | succeeded | failed | aborted (cut short by the end)
     caught: bool = False             # failed, and a Catch routed the execution on
     attempts: int = 0                # task attempts (> 1 after retries)
     error: str | None = None
@@ -113,6 +113,7 @@ def state_runs(events: Iterable[Mapping[str, Any]]) -> list[StateRun]:
     runs: list[StateRun] = []
     last_in_path: dict[tuple[int, ...], StateRun] = {}
     variants: dict[tuple[int, ...], str] = {}
+    open_maps: list[tuple[tuple[int, ...], str]] = []   # (path, name) of Map states not yet exited
     for event in events:
         eid = int(event["id"])
         by_id[eid] = event
@@ -126,6 +127,15 @@ def state_runs(events: Iterable[Mapping[str, Any]]) -> list[StateRun]:
         if etype in _ITER_END:
             inner[eid] = here[:-1]
             continue
+        if etype.startswith("MapState") and etype != "MapStateEntered" and open_maps:
+            # moto links a Map's closing events to an iteration's last event: use the Map's own path.
+            if etype == "MapStateExited":
+                exited = str(event.get("stateExitedEventDetails", {}).get("name", ""))
+                index = next((i for i in range(len(open_maps) - 1, -1, -1) if open_maps[i][1] == exited),
+                             len(open_maps) - 1)
+                here = open_maps.pop(index)[0]
+            else:
+                here = open_maps[-1][0]
         inner[eid] = here
         when = _time(event["timestamp"])
         if etype.endswith("StateEntered"):
@@ -139,6 +149,8 @@ def state_runs(events: Iterable[Mapping[str, Any]]) -> list[StateRun]:
             run = StateRun(name=name, type=etype[: -len("StateEntered")], path=here, started=when,
                            variant=variants.get(here), input=state_input, entered_id=eid)
             runs.append(run)
+            if run.type == "Map":
+                open_maps.append((here, name))
             open_runs[(here, name)] = run
             last_in_path[here] = run
             if run.type in ("Succeed", "Fail"):
@@ -199,7 +211,7 @@ def outcome_from(describe: Mapping[str, Any], events: Iterable[Mapping[str, Any]
             if run.ended is None:
                 run.ended = _time(end) if end else run.started
                 if run.status == "running":
-                    run.status = "failed" if status != "SUCCEEDED" else "succeeded"
+                    run.status = "aborted" if status != "SUCCEEDED" else "succeeded"
     return ExecutionOutcome(status=status, error=describe.get("error"), cause=describe.get("cause"),
                             output=_json(describe.get("output")), states=states)
 

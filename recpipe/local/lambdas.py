@@ -136,7 +136,13 @@ class LocalLambda:
                               f"Function not found: {self.arn(name)} (Service: AWSLambda; Status Code: 404; "
                               "Error Code: ResourceNotFoundException; "
                               f"Request ID: {uuid.uuid4()}; Proxy: null)")
-        return name, load_handler(dotted)
+        try:
+            return name, load_handler(dotted)
+        except (ImportError, ValueError) as exc:  # what the Lambda runtime reports for a bad handler
+            raise TaskFailure("Runtime.ImportModuleError", json.dumps({
+                "errorMessage": f"Unable to import module '{dotted.rpartition('.')[0]}': {exc}",
+                "errorType": "Runtime.ImportModuleError", "requestId": str(uuid.uuid4()),
+                "stackTrace": []})) from exc
 
     def __call__(self, call: TaskCall) -> dict[str, Any]:
         if call.action != "invoke":

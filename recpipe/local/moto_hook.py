@@ -15,6 +15,11 @@ integration would return: a ``Describe*`` response for ``.sync`` SageMaker jobs,
 :class:`~recpipe.local.exceptions.TaskFailure` with the error name and cause AWS would report;
 the name is matched by ``Retry``/``Catch`` ``ErrorEquals`` as on AWS.
 
+moto refuses to re-raise an error whose name starts with ``States.`` from a ``Fail`` state
+(``"ErrorPath": "$.error.Error"`` after a Catch of ``States.TaskFailed``) or out of a Map
+iteration, which AWS allows; :func:`installed` makes those two places build the matching
+``States.*`` error name instead.
+
 Retry waits really sleep in moto; :func:`installed` scales them by ``retry_scale`` (the
 interpreter's ``time`` module in the retrier is replaced by a proxy whose ``sleep`` is scaled).
 
@@ -50,6 +55,11 @@ MOTO_INTERNALS: tuple[tuple[str, str], ...] = (
     (f"{_P}.common.error_name.states_error_name_type", "StatesErrorNameType"),
     (f"{_P}.common.error_name.failure_event", "FailureEvent"),
     (f"{_P}.common.retry.retrier_decl", "time"),
+    (f"{_P}.common.error_name.error_name", "ErrorName"),
+    *((module, "CustomErrorName") for module in (
+        f"{_P}.state.fail.state_fail",
+        f"{_P}.state.exec.state_map.iteration.iteration_worker",
+    )),
     ("moto.stepfunctions.parser.asl.eval.event.event_detail", "EventDetails"),
     ("moto.stepfunctions.parser.api", "TaskFailedEventDetails"),
     ("moto.stepfunctions.parser.api", "HistoryEventType"),
@@ -221,6 +231,29 @@ class _ScaledTime:
         return getattr(time, name)
 
 
+_ERROR_NAME_MODULES = (f"{_P}.state.fail.state_fail", f"{_P}.state.exec.state_map.iteration.iteration_worker")
+
+
+def _lenient_error_name_factory() -> Callable[..., Any]:
+    """A stand-in for ``CustomErrorName`` that accepts ``States.*`` names (re-raised errors)."""
+    custom = _import(f"{_P}.common.error_name.custom_error_name", "CustomErrorName")
+    base = _import(f"{_P}.common.error_name.error_name", "ErrorName")
+    states_name = _import(f"{_P}.common.error_name.states_error_name", "StatesErrorName")
+    states_type = _import(f"{_P}.common.error_name.states_error_name_type", "StatesErrorNameType")
+
+    def error_name(error_name: str | None = None) -> Any:
+        if isinstance(error_name, str) and error_name.startswith("States."):
+            try:
+                return states_name(typ=states_type.from_name(error_name))
+            except ValueError:
+                name = custom.__new__(custom)
+                base.__init__(name, error_name)
+                return name
+        return custom(error_name)
+
+    return error_name
+
+
 def enable_execution() -> None:
     """Make moto's Step Functions backend execute state machines (process-wide moto setting)."""
     config = _import("moto.core.config", "default_user_config")
@@ -240,6 +273,7 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
     factory_module: Any = importlib.import_module(f"{_P}.state.exec.state_task.state_task_factory")
     retrier_module: Any = importlib.import_module(f"{_P}.common.retry.retrier_decl")
     local_cls = _local_task_service_class()
+    error_name_modules: list[Any] = [importlib.import_module(m) for m in _ERROR_NAME_MODULES]
     with _registry_lock:
         saved_handlers = dict(_handlers)
         _handlers.update(handlers)
@@ -254,6 +288,9 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
                 return original(service_name)
 
             factory_module.state_task_service_for = state_task_service_for
+            lenient = _lenient_error_name_factory()
+            for module in error_name_modules:
+                module.CustomErrorName = lenient
         retrier_time_before = retrier_module.time
         retrier_module.time = _ScaledTime(retry_scale)
         _install_depth += 1
@@ -267,4 +304,7 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
             retrier_module.time = retrier_time_before
             if _install_depth == 0:
                 factory_module.state_task_service_for = _original_factory
+                custom = _import(f"{_P}.common.error_name.custom_error_name", "CustomErrorName")
+                for module in error_name_modules:
+                    module.CustomErrorName = custom
                 retrier_module.time = _original_retrier_time
