@@ -26,9 +26,13 @@ first moment and second moment side by side, so one feature's update touches one
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
 
 REGRESSOR = 0
 BINARY_CLASSIFIER = 1
@@ -38,6 +42,35 @@ HP_BIAS_LR, HP_LINEAR_LR, HP_FACTORS_LR = 0, 1, 2
 HP_BIAS_WD, HP_LINEAR_WD, HP_FACTORS_WD = 3, 4, 5
 HP_BETA1, HP_BETA2, HP_EPS, HP_RESCALE, HP_CLIP = 6, 7, 8, 9, 10
 N_HP = 11
+
+# Rows ahead whose parameters are prefetched: on models larger than the cache the kernel is bound
+# by the latency of random row reads, which prefetching a few samples ahead overlaps.
+_PREFETCH_AHEAD = 6
+_FLOATS_PER_LINE = 16
+
+
+@intrinsic
+def _prefetch_intrinsic(typingctx, arr, offset):  # type: ignore[no-untyped-def]
+    """Hint the CPU to fetch the cache line holding flat element ``offset`` of contiguous ``arr``."""
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        return None
+    sig = types.void(arr, offset)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        off = context.cast(builder, args[1], signature.args[1], types.intp)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, rw=1 write, locality=3 keep in all levels, cache type=1 data)
+        builder.call(fn, [builder.bitcast(builder.gep(ary.data, [off]), i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_prefetch: Any = _prefetch_intrinsic  # called from kernels as _prefetch(array, flat_offset)
 
 
 @njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
@@ -66,6 +99,7 @@ def train_batches(
 ) -> None:
     n_rows = y.shape[0]
     k = P.shape[2]
+    row = 3 * k
     lr_b, lr_w, lr_v = hp[HP_BIAS_LR], hp[HP_LINEAR_LR], hp[HP_FACTORS_LR]
     wd_b, wd_w, wd_v = hp[HP_BIAS_WD], hp[HP_LINEAR_WD], hp[HP_FACTORS_WD]
     beta1, beta2, eps = hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS]
@@ -89,6 +123,13 @@ def train_batches(
         nu = 0
         gb = np.float32(0.0)
         for r in range(start, end):
+            ahead = r + _PREFETCH_AHEAD
+            if ahead < end:
+                for jj in range(indptr[ahead], indptr[ahead + 1]):
+                    j = indices[jj]
+                    _prefetch(W, j * 3)
+                    for f in range(0, k, _FLOATS_PER_LINE):
+                        _prefetch(P, j * row + f)
             a = indptr[r]
             e = indptr[r + 1]
             score = B[0]
@@ -143,6 +184,10 @@ def train_batches(
         step_v = np.float32(lr_v * corr)
         step_w = lr_w * corr
         for u in range(nu):
+            if u + _PREFETCH_AHEAD < nu:
+                ja = touched[u + _PREFETCH_AHEAD]
+                for f in range(k, row, _FLOATS_PER_LINE):  # the moments; the factors are still cached
+                    _prefetch(P, ja * row + f)
             j = touched[u]
             gj = gw[u] + wd_w * W[j, 0]
             if do_clip:
@@ -202,3 +247,32 @@ def predict_rows(
         for f in range(k):
             qq += q[f] * q[f]
         out[r] = score + 0.5 * (qq - s2)
+
+
+@njit(nogil=True, cache=True)
+def gather_rows(
+    indptr: np.ndarray,  # int64
+    indices: np.ndarray,  # int32
+    data: np.ndarray,  # float32
+    y: np.ndarray,  # float32
+    perm: np.ndarray,  # int64: output row i is input row perm[i]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of a CSR matrix and their labels in the order ``perm`` (a shuffled copy)."""
+    n = perm.shape[0]
+    out_indptr = np.empty(n + 1, dtype=np.int64)
+    out_indptr[0] = 0
+    for i in range(n):
+        r = perm[i]
+        out_indptr[i + 1] = out_indptr[i] + indptr[r + 1] - indptr[r]
+    out_indices = np.empty(out_indptr[n], dtype=np.int32)
+    out_data = np.empty(out_indptr[n], dtype=np.float32)
+    out_y = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        r = perm[i]
+        o = out_indptr[i]
+        for jj in range(indptr[r], indptr[r + 1]):
+            out_indices[o] = indices[jj]
+            out_data[o] = data[jj]
+            o += 1
+        out_y[i] = y[r]
+    return out_indptr, out_indices, out_data, out_y

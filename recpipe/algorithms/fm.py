@@ -359,11 +359,14 @@ class FactorizationMachines:
 
         # One physical shuffle keeps each minibatch's rows contiguous in memory; the order in which
         # minibatches are visited changes every epoch.
-        perm = rng.permutation(Xtr.shape[0])
-        Xtr, ytr = Xtr[perm], ytr[perm]
-        indptr = Xtr.indptr.astype(np.int64)
-        indices = Xtr.indices.astype(np.int32)
-        data = Xtr.data.astype(np.float32)
+        indptr, indices, data, ytr = K.gather_rows(
+            Xtr.indptr.astype(np.int64),
+            Xtr.indices.astype(np.int32, copy=False),
+            Xtr.data.astype(np.float32, copy=False),
+            ytr,
+            rng.permutation(Xtr.shape[0]).astype(np.int64, copy=False),
+        )
+        del Xtr
         n_rows = ytr.shape[0]
         batch = hp["mini_batch_size"]
         n_batches = -(-n_rows // batch)
@@ -482,7 +485,9 @@ def _initial(
 ) -> np.ndarray:
     method = hp[f"{group}_init_method"]
     if method == "normal":
-        return rng.normal(0.0, hp[f"{group}_init_sigma"], size=shape).astype(np.float32)
+        values = rng.standard_normal(size=shape, dtype=np.float32)
+        values *= np.float32(hp[f"{group}_init_sigma"])
+        return values
     if method == "uniform":
         scale = hp[f"{group}_init_scale"]
         return rng.uniform(-scale, scale, size=shape).astype(np.float32)
@@ -503,18 +508,14 @@ def _as_csr(X: Any, feature_dim: int, what: str) -> sp.csr_matrix:
             raise DataError(f"The {what} features must be a 2-D matrix, got shape {X.shape}.")
     X = sp.csr_matrix(X, dtype=np.float32)
     if X.shape[1] > feature_dim:
-        cols = X.indices[X.indices >= feature_dim]
-        first = int(cols.min()) if cols.size else X.shape[1] - 1
-        raise DataError(
-            f"The {what} data has {X.shape[1]} features (index {first} used), "
-            f"but feature_dim is {feature_dim}."
-        )
+        beyond = X.indices[X.indices >= feature_dim]
+        used = f" (feature index {int(beyond.max())} is used)" if beyond.size else ""
+        raise DataError(f"The {what} data has {X.shape[1]} features{used}, but feature_dim is {feature_dim}.")
     if X.shape[1] < feature_dim:  # a reader that infers the width from the largest index seen
         X = sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], feature_dim))
     if X.nnz and not np.isfinite(X.data).all():
         row = int(np.searchsorted(X.indptr, int(np.flatnonzero(~np.isfinite(X.data))[0]), side="right")) - 1
         raise DataError(f"The {what} data has a non-finite feature value in row {row}.")
-    X.sort_indices()
     return X
 
 
@@ -533,7 +534,8 @@ def _check_xy(X: Any, y: Any, feature_dim: int, binary: bool, what: str) -> tupl
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         need = "0 or 1 (predictor_type 'binary_classifier')" if binary else "a finite number"
-        raise DataError(f"The {what} data's label in record {row} must be {need}, got {labels[row]!r}.")
+        got = float(labels[row])
+        raise DataError(f"The {what} data's label in record {row} must be {need}, got {got!r}.")
     return Xc, labels
 
 
