@@ -76,6 +76,9 @@ TRANSFORM_MAX_PAYLOAD_MB = 1
 DEFAULT_ENTRYPOINT = ["python3", "/opt/ml/processing/input/code/preprocess.py"]
 PROCESSING_INPUT = "/opt/ml/processing/input"
 PROCESSING_OUTPUT = "/opt/ml/processing/output"
+# The last dotted part of the caught error's name (see _Builder.failure_report).
+_PARTS = "States.StringSplit($.error.Error, '.')"
+ERROR_NAME = f"States.ArrayGetItem({_PARTS}, States.MathAdd(States.ArrayLength({_PARTS}), -1))"
 # Where a .sync training job's Describe response names the model.tar.gz.
 MODEL_ARTIFACT = "$.ModelArtifacts.S3ModelArtifacts"
 
@@ -148,16 +151,21 @@ class _Builder:
 
     def failure_report(self, failed_state: str, next_step: Any, *, variant: bool = False,
                        prefix: bool = True) -> Any:
-        """Pass "<state> failed": ``$.failure = {error, cause}`` from the Catch's ``$.error``."""
+        """Pass "<state> failed": ``$.failure = {error, cause}`` from the Catch's ``$.error``.
+
+        The cause reads "<state> failed[ for the <variant> variant] (<error>): <cause>". The error is
+        the caught name's last dotted part ("States.TaskFailed" -> "TaskFailed", "LockHeldError" as
+        is): a Fail state may not raise a name in the reserved "States." namespace.
+        """
         if not prefix:
             cause = "$.error.Cause"
         elif variant:
-            cause = (f"States.Format('{failed_state} failed for the {{}} variant: {{}}', "
-                     "$.variant.name, $.error.Cause)")
+            cause = (f"States.Format('{failed_state} failed for the {{}} variant ({{}}): {{}}', "
+                     "$.variant.name, $.error.Error, $.error.Cause)")
         else:
-            cause = f"States.Format('{failed_state} failed: {{}}', $.error.Cause)"
+            cause = f"States.Format('{failed_state} failed ({{}}): {{}}', $.error.Error, $.error.Cause)"
         report = self.sf.Pass(f"{failed_state} failed", result_path="$.failure",
-                              parameters={"error.$": "$.error.Error", "cause.$": cause})
+                              parameters={"error.$": ERROR_NAME, "cause.$": cause})
         report.next(next_step)
         return report
 
