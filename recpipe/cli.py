@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from recpipe import config, datasets
+from recpipe.local.history import summarise_cause
 
 app = typer.Typer(help="recpipe: batch recommendations with SageMaker FM + k-NN, on AWS or locally.",
                   no_args_is_help=True, add_completion=False)
@@ -141,7 +142,7 @@ def _print_outcome(outcome: Any, run_id: str | None, started: float) -> None:
         if failed is not None and failed.error:
             console.print(f"  state error: {escape(failed.error)}")
         console.print(f"  error: {escape(str(outcome.error))}")
-        console.print(f"  cause: {escape(str(outcome.cause))}")
+        console.print(f"  cause: {escape(summarise_cause(outcome.cause))}")
     metrics = _metrics_of(outcome)
     if metrics:
         table = Table(title="Holdout metrics (eval variant)", show_header=True)
@@ -378,7 +379,8 @@ def status(run_id: str | None = typer.Argument(None, help="Run id or execution n
                   f"{record.get('backend', 'local')}): [{colour}]{record.get('status')}[/]")
     console.print(f"  started {record.get('started')}  stopped {record.get('stopped')}")
     if record.get("error"):
-        console.print(f"  error: {escape(str(record['error']))}\n  cause: {escape(str(record.get('cause')))}")
+        console.print(f"  error: {escape(str(record['error']))}\n"
+                      f"  cause: {escape(summarise_cause(record.get('cause')))}")
     out = Table(show_header=True)
     for column in ("state", "outcome", "started", "duration", "error"):
         out.add_column(column)

@@ -225,3 +225,27 @@ def jsonable_events(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
             item["timestamp"] = item["timestamp"].isoformat()
         out.append(item)
     return out
+
+
+def summarise_cause(cause: str | None, limit: int = 600) -> str:
+    """A readable cause: a job's ``Describe*`` JSON (what ``.sync`` failures carry) becomes its
+    ``FailureReason`` and job name, a Lambda's error JSON its type and message."""
+    if not cause:
+        return ""
+    start = cause.find("{")
+    if start >= 0:
+        try:
+            document = json.loads(cause[start:])
+        except ValueError:
+            document = None
+        if isinstance(document, Mapping):
+            head = cause[:start].rstrip()
+            if "FailureReason" in document:
+                job = next((str(v) for k, v in document.items() if k.endswith("JobName")), "?")
+                text = f"{document['FailureReason']} (job {job})"
+            elif "errorMessage" in document:
+                text = f"{document.get('errorType', 'Error')}: {document['errorMessage']}"
+            else:
+                text = cause[start:]
+            cause = f"{head} {text}" if head else text
+    return cause if len(cause) <= limit else cause[: limit - 3] + "..."

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import re
@@ -445,13 +446,14 @@ class LocalSageMaker:
             total = int(hyperparameters.get("epochs", "")) if "epochs" in hyperparameters else None
         except ValueError:
             total = None
-        on_epoch = self._epoch_callback(name, total) if module_name.endswith(".fm") else None
+        accepts_progress = "on_epoch" in inspect.signature(module.run_training_job).parameters
+        on_epoch = self._epoch_callback(name, total) if accepts_progress else None
         try:
             if on_epoch is not None:
                 metrics = module.run_training_job(opt_ml, on_epoch=on_epoch)
             else:
                 metrics = module.run_training_job(opt_ml)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a stand-in may sys.exit(1) as a container would
             failure = _read_first(opt_ml / "output" / "failure")
             if failure is None:
                 failure = f"{type(exc).__name__}: {exc}"
