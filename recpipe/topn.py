@@ -104,28 +104,34 @@ def rank(
 
     scores = distances if higher_is_better else -distances
     scores = np.where(np.isnan(scores), -np.inf, scores)
-    # Sort each row by (score desc, label asc); padding (-1) sorts last.
     valid = labels >= 0
-    order = np.lexsort((labels, -scores, ~valid), axis=1)
-    labels = np.take_along_axis(labels, order, axis=1)
-    scores = np.take_along_axis(scores, order, axis=1)
-    valid = np.take_along_axis(valid, order, axis=1)
-
     if n and k:
-        valid &= ~_repeats(labels)
-        rows = np.broadcast_to(np.arange(n)[:, None], (n, k))
-        lookup = np.where(valid, labels, 0)
-        is_seen = np.asarray(seen[rows.ravel(), lookup.ravel()]).reshape(n, k) != 0
-        valid &= ~is_seen
+        valid &= ~_repeats(labels, scores)
+        valid &= ~_is_seen(seen, labels)
 
-    kept = valid & (np.cumsum(valid, axis=1) <= top_n)
+    # Only the best ``top_n`` survivors matter: a partition finds each row's top_n-th best score, and
+    # only the candidates at or above it (ties included) are sorted by (score desc, label asc).
+    m = min(top_n, k)
+    if k > m:
+        masked = np.where(valid, scores, -np.inf)
+        threshold = np.partition(masked, k - m, axis=1)[:, k - m]
+        candidates = valid & (masked >= threshold[:, None])
+        width = int(candidates.sum(axis=1).max()) if n else 0
+        cols = np.argsort(~candidates, axis=1, kind="stable")[:, :width]
+        valid = np.take_along_axis(candidates, cols, axis=1)
+        labels = np.take_along_axis(labels, cols, axis=1)
+        scores = np.take_along_axis(scores, cols, axis=1)
+    order = np.lexsort((labels, -scores, ~valid), axis=1)  # valid first, then by score and label
+    labels = np.take_along_axis(labels, order, axis=1)[:, :top_n]
+    scores = np.take_along_axis(scores, order, axis=1)[:, :top_n]
+    valid = np.take_along_axis(valid, order, axis=1)[:, :top_n]
+
+    width = labels.shape[1]
     out_items = np.full((n, top_n), -1, dtype=np.int64)
     out_scores = np.full((n, top_n), np.nan, dtype=np.float64)
-    counts = kept.sum(axis=1)
-    r_idx, c_idx = np.nonzero(kept)
-    slot = np.cumsum(kept, axis=1)[r_idx, c_idx] - 1
-    out_items[r_idx, slot] = labels[r_idx, c_idx]
-    out_scores[r_idx, slot] = scores[r_idx, c_idx]
+    out_items[:, :width] = np.where(valid, labels, -1)
+    out_scores[:, :width] = np.where(valid, scores, np.nan)
+    counts = valid.sum(axis=1)
 
     topped_up = 0
     if popularity is not None:
@@ -138,15 +144,32 @@ def rank(
     return Ranked(out_items, out_scores, int(topped_up))
 
 
-def _repeats(sorted_labels: np.ndarray) -> np.ndarray:
-    """True where a label already appeared earlier in its (score-sorted) row."""
-    n, k = sorted_labels.shape
-    by_label = np.lexsort((np.broadcast_to(np.arange(k), (n, k)), sorted_labels), axis=1)
-    grouped = np.take_along_axis(sorted_labels, by_label, axis=1)
-    repeat_sorted = np.zeros((n, k), dtype=bool)
+def _is_seen(seen: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
+    """``seen[r, labels[r, j]] != 0`` for every entry; padding labels (-1) are never seen."""
+    n, k = labels.shape
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, k)).ravel()
+    hits = np.asarray(seen[rows, np.maximum(labels, 0).ravel()]).reshape(n, k) != 0
+    return hits & (labels >= 0)
+
+
+def _repeats(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """True where a label also appears elsewhere in its row with a better score (or, at equal score,
+    earlier): only the best copy of a label counts. Rows without repeats (the norm) cost one sort."""
+    repeats = np.zeros(labels.shape, dtype=bool)
+    ordered = np.sort(labels, axis=1)
+    rows = np.nonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1))[0]
+    if rows.size == 0:
+        return repeats
+    sub_labels, sub_scores = labels[rows], scores[rows]
+    k = labels.shape[1]
+    positions = np.broadcast_to(np.arange(k), sub_labels.shape)
+    by_label = np.lexsort((positions, -sub_scores, sub_labels), axis=1)  # best copy first per label
+    grouped = np.take_along_axis(sub_labels, by_label, axis=1)
+    repeat_sorted = np.zeros(grouped.shape, dtype=bool)
     repeat_sorted[:, 1:] = grouped[:, 1:] == grouped[:, :-1]
-    repeats = np.empty_like(repeat_sorted)
-    np.put_along_axis(repeats, by_label, repeat_sorted, axis=1)
+    sub_repeats = np.empty_like(repeat_sorted)
+    np.put_along_axis(sub_repeats, by_label, repeat_sorted, axis=1)
+    repeats[rows] = sub_repeats
     return repeats
 
 

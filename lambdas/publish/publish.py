@@ -23,6 +23,7 @@ files tile all users and :func:`recpipe.topn.read_part` checks each file's line 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Iterator, Mapping
@@ -95,6 +96,11 @@ class Catalogue:
     seen: sp.csr_matrix  # (n_users, n_items), seen_all
     popularity: np.ndarray  # (n_items,), column sums of ``seen``
 
+    @functools.cached_property
+    def item_attributes(self) -> list[dict[str, str]]:
+        """``{"S": item_id}`` per item index, built once."""
+        return [{"S": item_id} for item_id in self.item_ids]
+
 
 def load_catalogue(s3: Any, manifest_uri: str) -> Catalogue:
     manifest = runs.load_manifest(s3, manifest_uri)
@@ -134,29 +140,36 @@ def _lines(s3: Any, uri: str) -> list[str]:
     return lines
 
 
-def _score(value: float) -> dict[str, Any]:
-    if math.isnan(value):
-        return {"NULL": True}
-    # float32 precision; Decimal() spells the number the way DynamoDB stores it.
-    return {"N": str(Decimal(f"{value:.7g}"))}
+_NULL = {"NULL": True}
+
+
+def _number(value: float) -> str:
+    """A score as a DynamoDB number: float32 precision (7 significant digits), exponents as Decimal
+    spells them (``1.5E-7``)."""
+    text = f"{value:.7g}"
+    return str(Decimal(text)) if "e" in text else text
 
 
 def user_rows(
     ranked: topn.Ranked, start: int, catalogue: Catalogue, run_id: str, generated_at: str, expires_at: int
 ) -> Iterator[dict[str, Any]]:
-    """Low-level DynamoDB items of users ``start, start + 1, ...`` (one per row of ``ranked``)."""
+    """Low-level DynamoDB items of users ``start, start + 1, ...`` (one per row of ``ranked``).
+
+    Topped-up items (no k-NN score) get a NULL score; they always come after the scored ones.
+    """
     sk = {"S": f"{tables.VERSION_PREFIX}{run_id}"}
     common = {
         "run_id": {"S": run_id},
         "generated_at": {"S": generated_at},
         tables.TTL_ATTRIBUTE: {"N": str(expires_at)},
     }
-    item_ids = catalogue.item_ids
-    for offset, (row_items, row_scores) in enumerate(zip(ranked.items.tolist(), ranked.scores.tolist(),
-                                                          strict=True)):
+    # Shared, read-only attribute values: the serializer only reads them (1M users x 20 items).
+    item_attrs = catalogue.item_attributes
+    rows = zip(ranked.items.tolist(), ranked.scores.tolist(), strict=True)
+    for offset, (row_items, row_scores) in enumerate(rows):
         user_id = catalogue.user_ids[start + offset]
         entries = [
-            {"M": {"item_id": {"S": item_ids[item]}, "score": _score(score)}}
+            {"M": {"item_id": item_attrs[item], "score": _NULL if score != score else {"N": _number(score)}}}
             for item, score in zip(row_items, row_scores, strict=True)
             if item >= 0
         ]
