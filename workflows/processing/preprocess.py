@@ -250,8 +250,10 @@ def _read_frame(src: Source, columns: Sequence[str], *, as_text: bool) -> pd.Dat
         if src.kind == "csv":
             if src.path.stat().st_size == 0:
                 return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+            # All columns are parsed (no usecols) so that a row with too many fields is an error
+            # rather than silently cut short.
             frame = pd.read_csv(
-                src.path, usecols=list(columns), encoding="utf-8-sig", na_filter=False,
+                src.path, index_col=False, encoding="utf-8-sig", na_filter=False,
                 skip_blank_lines=False, dtype=str if as_text else None, low_memory=False)
             return frame[list(columns)]
         frame = pd.read_parquet(src.path, columns=list(columns))
@@ -341,8 +343,10 @@ def _parse_timestamps(col: pd.Series, src: Source, name: str) -> _Times:
     else:
         text = col.astype(str).str.strip()
         as_num = pd.to_numeric(text, errors="coerce")
-        if not as_num.isna().any():
-            numeric = as_num.to_numpy(dtype=np.float64)
+        filled = np.flatnonzero((text != "").to_numpy())
+        # The first non-empty cell decides whether the column holds numbers or dates.
+        if filled.size == 0 or not math.isnan(float(as_num.iloc[int(filled[0])])):
+            numeric = as_num.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             dates = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
     if numeric is not None:
@@ -820,6 +824,10 @@ def _write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matr
             recordio.write_sparse(buffer, _training_rows(user_rows, item_rows, users[start:stop],
                                                          items[start:stop]), labels[start:stop])
             encoded = buffer.getbuffer()
+            if len(encoded) > MAX_SHARD_BYTES and stop - start > 1:  # too big for any shard: smaller chunk
+                chunk = max(1, (stop - start) // 4)
+                del encoded, buffer
+                continue
             if fh is not None and size + len(encoded) > MAX_SHARD_BYTES:
                 fh.close()
                 fh = None
