@@ -195,6 +195,7 @@ def run(
     state_machine_arn: Annotated[str | None, typer.Option(help="With --aws: the state machine.")] = None,
     region: Annotated[str | None, typer.Option(help="With --aws: the region (default: the ARN's).")] = None,
     keep_jobs: Annotated[bool, typer.Option(help="Keep each job's /opt/ml under WORKDIR/jobs.")] = False,
+    poll_seconds: Annotated[float, typer.Option(hidden=True, help="With --aws: poll interval.")] = 5.0,
 ) -> None:
     """Run the pipeline: locally by default (MovieLens-100k when no data is given), or on AWS."""
     overrides = _overrides(assignments)
@@ -208,7 +209,7 @@ def run(
         if interactions or users or items:
             raise _fail("--interactions/--users/--items are local-only: on AWS the data is read from the "
                         f"bucket under '{resolved['data.prefix']}/'.")
-        raise typer.Exit(_run_aws(state_machine_arn, overrides, workdir, region))
+        raise typer.Exit(_run_aws(state_machine_arn, overrides, workdir, region, poll_seconds))
     if interactions is None and (users or items):
         raise _fail("--users/--items need --interactions.")
     if interactions is None:
@@ -257,7 +258,7 @@ def _run_local(overrides: dict[str, Any], prefix: str, interactions: Path, users
         return 2
 
 
-def _run_aws(arn: str, overrides: dict[str, Any], workdir: Path, region: str | None) -> int:
+def _run_aws(arn: str, overrides: dict[str, Any], workdir: Path, region: str | None, poll_s: float) -> int:
     import boto3
 
     from recpipe.local import records
@@ -274,7 +275,7 @@ def _run_aws(arn: str, overrides: dict[str, Any], workdir: Path, region: str | N
     console.print(f"Execution {name} started on AWS: {execution_arn}")
     with RunDisplay(console) as display:
         try:
-            outcome = follow(sfn, execution_arn, on_update=display.update, poll_s=5.0)
+            outcome = follow(sfn, execution_arn, on_update=display.update, poll_s=poll_s)
         except KeyboardInterrupt:
             display.__exit__(None, None, None)
             err_console.print("[yellow]Stopped following; the execution keeps running on AWS:[/] "
