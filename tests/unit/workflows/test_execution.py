@@ -279,6 +279,14 @@ def test_quality_gate_not_met_publishes_nothing_and_releases(harness: Harness) -
     assert harness.lock_owner() is None
 
 
+def test_missing_metrics_fail_the_gate_instead_of_the_choice(harness: Harness) -> None:
+    harness.ndcg = None  # type: ignore[assignment]  # e.g. no user had a relevant held-out item
+    out = harness.run({})
+    assert (out["status"], out["error"]) == ("FAILED", "QualityGateNotMet")
+    assert "Publish" not in harness.calls.states()
+    assert harness.lock_owner() is None
+
+
 def test_a_failed_job_names_the_state_and_variant_and_releases(harness: Harness) -> None:
     reason = {"TrainingJobStatus": "Failed", "FailureReason": "k must be <= 1024"}
     harness.failures["Train k-NN"] = TaskFailure("States.TaskFailed", json.dumps(reason))

@@ -1,0 +1,110 @@
+"""recpipe.runs: run ids, S3 URIs, JSON documents, the manifest, the environment."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from recpipe import runs
+from recpipe.lambda_errors import ConfigurationError, InputError, NotFoundError, SchemaVersionError
+
+BUCKET = "bkt"
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.mark.parametrize(("name", "run_id"), [
+    ("local-20250101-120000-ab12", "local-20250101-120000-ab12"),
+    ("9f1c2d3e-1111-2222-3333-444455556666", "9f1c2d3e-1111-2222-3333-444455556666"),  # console UUID
+])
+def test_valid_short_names_are_kept(name: str, run_id: str) -> None:
+    assert runs.derive_run_id(name) == run_id
+
+
+@pytest.mark.parametrize("name", ["Nightly_Run", "a--b", "-x", "a" * 44, "x" * 80, "___", "Ünïcode name"])
+def test_other_names_become_short_distinct_slugs(name: str) -> None:
+    run_id = runs.derive_run_id(name)
+    assert len(run_id) <= runs.MAX_RUN_ID
+    assert runs._VALID_RUN_ID.match(run_id)
+    assert runs.derive_run_id(name) == run_id  # deterministic: a retried Prepare gets the same id
+    assert runs.derive_run_id(name + "2") != run_id
+
+
+def test_case_variants_do_not_collide() -> None:
+    assert runs.derive_run_id("Run-A") != runs.derive_run_id("run-a")
+
+
+def test_job_name_limit() -> None:
+    assert runs.job_name("r", "fm", "eval") == "recpipe-r-eval-fm"
+    with pytest.raises(InputError, match="63"):
+        runs.job_name("x" * 50, "model", "serve")
+
+
+@pytest.mark.parametrize(("uri", "parts"), [("s3://b/k/x.json", ("b", "k/x.json")), ("s3://b", ("b", "")),
+                                            ("s3://b/", ("b", ""))])
+def test_parse_s3_uri(uri: str, parts: tuple[str, str]) -> None:
+    assert runs.parse_s3_uri(uri) == parts
+
+
+@pytest.mark.parametrize("uri", ["b/k", "s3:///k", "", None])
+def test_parse_s3_uri_rejects(uri: Any) -> None:
+    with pytest.raises(InputError):
+        runs.parse_s3_uri(uri)
+
+
+def test_uri_joins() -> None:
+    assert runs.join_uri("s3://b/runs/x/", "processed/", "manifest.json") == "s3://b/runs/x/processed/manifest.json"
+    assert runs.prefix_uri("s3://b/runs/x", "eval", "fm") == "s3://b/runs/x/eval/fm/"
+    assert runs.run_prefix("b", "r1") == "s3://b/runs/r1/"
+
+
+def test_json_round_trip_and_errors_name_the_key(s3: Any) -> None:
+    runs.put_json(s3, "s3://bkt/a/doc.json", {"x": 1})
+    assert runs.get_json(s3, "s3://bkt/a/doc.json") == {"x": 1}
+    with pytest.raises(NotFoundError, match=r"s3://bkt/a/missing\.json"):
+        runs.get_json(s3, "s3://bkt/a/missing.json")
+    s3.put_object(Bucket=BUCKET, Key="a/bad.json", Body=b"{nope")
+    with pytest.raises(InputError, match=r"s3://bkt/a/bad\.json is not valid JSON"):
+        runs.get_json(s3, "s3://bkt/a/bad.json")
+
+
+def test_load_manifest_checks_the_schema_version(s3: Any) -> None:
+    s3.put_object(Bucket=BUCKET, Key="m.json", Body=json.dumps({"schema_version": 1, "files": {}}).encode())
+    assert runs.load_manifest(s3, "s3://bkt/m.json")["schema_version"] == 1
+    s3.put_object(Bucket=BUCKET, Key="m2.json", Body=json.dumps({"schema_version": 9}).encode())
+    with pytest.raises(SchemaVersionError, match=r"s3://bkt/m2\.json has schema_version 9"):
+        runs.load_manifest(s3, "s3://bkt/m2.json")
+    s3.put_object(Bucket=BUCKET, Key="m3.json", Body=b"[]")
+    with pytest.raises(InputError, match="must be a JSON object"):
+        runs.load_manifest(s3, "s3://bkt/m3.json")
+
+
+def test_manifest_file_uri() -> None:
+    manifest = {"files": {"train": "train/", "test": None}}
+    uri = "s3://b/runs/r/processed/manifest.json"
+    assert runs.manifest_file_uri(uri, manifest, "train") == "s3://b/runs/r/processed/train/"
+    assert runs.manifest_file_uri(uri, manifest, "test") is None
+    with pytest.raises(InputError, match=r"'files\.holdout'"):
+        runs.manifest_file_uri(uri, manifest, "holdout")
+
+
+def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECPIPE_TABLE", "t")
+    monkeypatch.delenv("RECPIPE_BUCKET", raising=False)
+    assert runs.table_name() == "t"
+    with pytest.raises(ConfigurationError, match="RECPIPE_BUCKET"):
+        runs.bucket_name()
