@@ -1,0 +1,1054 @@
+"""recordio-protobuf, the input format of the SageMaker built-in algorithms, encoded with numpy.
+
+Self-contained on purpose: this module imports only numpy, scipy and the standard library, because
+it is copied as ``recpipe_recordio.py`` next to the processing script inside a SageMaker container.
+
+Format
+------
+A file is a sequence of MXNet/dmlc RecordIO frames::
+
+    uint32 magic 0xCED7230A | uint32 length | payload (length bytes) | zero padding to 4 bytes
+
+and each payload is a serialised ``aialgs.data.Record`` protobuf (``sagemaker/amazon/record.proto``):
+``features["values"]`` holds a ``Float32Tensor`` (``values``, and for sparse rows ``keys`` and
+``shape = [n_columns]``) and ``label["values"]`` an optional one-element tensor.
+
+The writers produce exactly the bytes of ``sagemaker.amazon.common.write_spmatrix_to_sparse_tensor``
+and ``write_numpy_to_dense_tensor`` (same dtype rules: float32 -> Float32Tensor, float64 ->
+Float64Tensor, the platform ``int`` (int64) -> Int32Tensor), but build whole chunks of records
+with array operations instead of one protobuf object per row.
+
+The readers parse the layout these writers produce with array operations; any other valid
+encoding (other field order, unpacked repeated fields, float64/int32 tensors, dmlc multi-part
+frames) goes through a per-record parser, which is also the one that reports errors with the byte
+offset of the problem.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Union
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "MAGIC",
+    "RecordIOError",
+    "read_dense",
+    "read_dense_files",
+    "read_sparse",
+    "read_sparse_files",
+    "record_sizes_dense",
+    "record_sizes_sparse",
+    "write_dense",
+    "write_dense_shards",
+    "write_sparse",
+    "write_sparse_shards",
+]
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+
+
+class RecordIOError(ValueError):
+    """Invalid recordio-protobuf input (bad bytes) or writer arguments."""
+
+
+# --------------------------------------------------------------------------------------------------
+# dtype rules (the same as sagemaker's ``_resolve_type``)
+
+_F4, _F8, _I4 = "Float32", "Float64", "Int32"
+# Field number of each tensor type inside the ``Value`` oneof.
+_TENSOR_FIELD = {_F4: 2, _F8: 3, _I4: 7}
+_FIELD_TENSOR = {v: k for k, v in _TENSOR_FIELD.items()}
+
+
+def _resolve_type(dtype: np.dtype[Any], what: str) -> str:
+    if dtype == np.dtype(int):
+        return _I4
+    if dtype == np.dtype(np.float64):
+        return _F8
+    if dtype == np.dtype(np.float32):
+        return _F4
+    raise RecordIOError(
+        f"The {what} dtype must be float32, float64 or int64 (written as Int32Tensor), got {dtype}."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# varints, vectorised
+
+
+def _varint_len(x: np.ndarray) -> np.ndarray:
+    """Number of bytes of the protobuf varint of each uint64 in ``x`` (int64 array)."""
+    x = np.asarray(x).astype(np.uint64, copy=False)
+    out = np.ones(x.shape, dtype=np.int64)
+    if x.size == 0:
+        return out
+    top = int(x.max())
+    k = 1
+    while k < 10 and top >= (1 << (7 * k)):
+        out += x >= np.uint64(1 << (7 * k))
+        k += 1
+    return out
+
+
+def _varint_block(x: np.ndarray, lens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Varints of ``x`` as an (n, width) uint8 block (bytes past each length are 0) and the lengths."""
+    x = np.asarray(x).astype(np.uint64, copy=False).reshape(-1)
+    if lens is None:
+        lens = _varint_len(x)
+    width = int(lens.max()) if x.size else 1
+    out = np.empty((x.size, width), dtype=np.uint8)
+    for j in range(width):
+        byte = ((x >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
+        byte[lens > j + 1] |= 0x80
+        out[:, j] = byte
+    return out, lens
+
+
+def _varint_stream(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All varints of ``x`` concatenated (uint8) and the byte length of each."""
+    block, lens = _varint_block(x)
+    mask = np.arange(block.shape[1]) < lens[:, None]
+    return block[mask], lens
+
+
+def _segment_sums(per_item: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    csum = np.zeros(per_item.size + 1, dtype=np.int64)
+    np.cumsum(per_item, out=csum[1:])
+    return csum[indptr[1:]] - csum[indptr[:-1]]
+
+
+# --------------------------------------------------------------------------------------------------
+# writer
+
+
+_Field = tuple[np.ndarray, np.ndarray]  # (n, width) uint8 block, per-row byte count
+
+
+def _const(n: int, data: bytes, present: np.ndarray | None = None) -> _Field:
+    block = np.broadcast_to(np.frombuffer(data, dtype=np.uint8), (n, len(data)))
+    lens = np.full(n, len(data), dtype=np.int64)
+    if present is not None:
+        lens = lens * present
+    return block, lens
+
+
+def _var(x: np.ndarray, present: np.ndarray | None = None) -> _Field:
+    block, lens = _varint_block(x)
+    if present is not None:
+        lens = lens * present
+    return block, lens
+
+
+def _pack(fields: Sequence[_Field]) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise concatenation of variable-length fields -> (byte stream, bytes per row)."""
+    blocks = [b for b, _ in fields]
+    masks = [np.arange(b.shape[1]) < lens[:, None] for b, lens in fields]
+    full = np.hstack(blocks)
+    mask = np.hstack(masks)
+    total = np.sum(np.stack([lens for _, lens in fields], axis=1), axis=1)
+    return full[mask], total
+
+
+def _interleave(streams: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Row i of the output = row i's segment of stream 0, then of stream 1, ...
+
+    Each stream is (bytes, bytes per row) with its rows stored one after the other.
+    """
+    lens = np.stack([lens for _, lens in streams], axis=1)  # (n, k)
+    sizes = [s.size for s, _ in streams]
+    base = np.concatenate([[0], np.cumsum(sizes[:-1], dtype=np.int64)]).astype(np.int64)
+    src_start = np.cumsum(lens, axis=0) - lens + base[None, :]
+    flat_lens = lens.reshape(-1)
+    out_start = np.cumsum(flat_lens) - flat_lens
+    total = int(flat_lens.sum())
+    src = np.concatenate([s for s, _ in streams])
+    idx = np.repeat(src_start.reshape(-1) - out_start, flat_lens)
+    idx += np.arange(total, dtype=np.int64)
+    return src.take(idx)
+
+
+@dataclass
+class _Rows:
+    """A block of rows in CSR form (``keys`` is None for dense rows)."""
+
+    indptr: np.ndarray  # int64, starts at 0
+    keys: np.ndarray | None  # column indices
+    values: np.ndarray
+    value_type: str
+    n_cols: int
+    labels: np.ndarray | None
+    label_type: str | None
+
+
+def _value_bytes(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Packed ``values`` payload: byte stream and bytes per row."""
+    nnz = np.diff(rows.indptr)
+    if rows.value_type == _F4:
+        return rows.values.astype("<f4", copy=False).reshape(-1).view(np.uint8), 4 * nnz
+    if rows.value_type == _F8:
+        return rows.values.astype("<f8", copy=False).reshape(-1).view(np.uint8), 8 * nnz
+    ints = rows.values.reshape(-1).astype(np.int64, copy=False)
+    if ints.size and (ints.min() < -(2**31) or ints.max() >= 2**31):
+        raise RecordIOError("Int32 tensor values must fit in int32.")
+    stream, lens = _varint_stream(ints.view(np.uint64))
+    return stream, _segment_sums(lens, rows.indptr)
+
+
+def _label_field(rows: _Rows) -> _Field:
+    """The whole ``label`` map field of each row (20 bytes for a float32 label)."""
+    n = rows.indptr.size - 1
+    labels = rows.labels
+    assert labels is not None
+    if rows.label_type == _F4:
+        head = b"\x12\x12\x0a\x06values\x12\x08\x12\x06\x0a\x04"
+        tail = labels.astype("<f4").view(np.uint8).reshape(n, 4)
+        return np.hstack([_const(n, head)[0], tail]), np.full(n, len(head) + 4, dtype=np.int64)
+    if rows.label_type == _F8:
+        head = b"\x12\x16\x0a\x06values\x12\x0c\x1a\x0a\x0a\x08"
+        tail = labels.astype("<f8").view(np.uint8).reshape(n, 8)
+        return np.hstack([_const(n, head)[0], tail]), np.full(n, len(head) + 8, dtype=np.int64)
+    ints = labels.astype(np.int64)
+    if ints.size and (ints.min() < -(2**31) or ints.max() >= 2**31):
+        raise RecordIOError("Int32 labels must fit in int32.")
+    u = ints.view(np.uint64)
+    lv = _varint_len(u)
+    stream, total = _pack(
+        [
+            _const(n, b"\x12"),
+            _var(14 + lv),
+            _const(n, b"\x0a\x06values\x12"),
+            _var(4 + lv),
+            _const(n, b"\x3a"),
+            _var(2 + lv),
+            _const(n, b"\x0a"),
+            _var(lv),
+            _var(u),
+        ]
+    )
+    block = np.zeros((n, int(total.max()) if n else 0), np.uint8)
+    block[np.arange(block.shape[1]) < total[:, None]] = stream
+    return block, total
+
+
+def _layout(rows: _Rows) -> dict[str, np.ndarray]:
+    """Per-row lengths of the nested messages and of the whole frame."""
+    nnz = np.diff(rows.indptr)
+    has = (nnz > 0).astype(np.int64)
+    sparse = rows.keys is not None
+    vstream, vb = _value_bytes(rows)
+    tensor = has * (1 + _varint_len(vb) + vb)
+    if sparse:
+        assert rows.keys is not None
+        kstream, klens = _varint_stream(rows.keys)
+        kb = _segment_sums(klens, rows.indptr)
+        slen = int(_varint_len(np.array([rows.n_cols]))[0])
+        tensor = tensor + has * (1 + _varint_len(kb) + kb) + (2 + slen)
+    else:
+        kstream, kb = np.empty(0, np.uint8), np.zeros_like(nnz)
+    value = 1 + _varint_len(tensor) + tensor
+    entry = 9 + _varint_len(value) + value
+    features = 1 + _varint_len(entry) + entry
+    if rows.labels is not None:
+        label_block = _label_field(rows)
+        record = features + label_block[1]
+    else:
+        label_block = (np.zeros((nnz.size, 0), np.uint8), np.zeros_like(nnz))
+        record = features
+    frame = 8 + ((record + 3) & ~3)
+    return {
+        "nnz": nnz,
+        "has": has,
+        "vstream": vstream,
+        "vb": vb,
+        "kstream": kstream,
+        "kb": kb,
+        "tensor": tensor,
+        "value": value,
+        "entry": entry,
+        "record": record,
+        "frame": frame,
+        "label_block": label_block,  # type: ignore[dict-item]
+    }
+
+
+def _encode(rows: _Rows) -> np.ndarray:
+    n = rows.indptr.size - 1
+    lay = _layout(rows)
+    has, record = lay["has"], lay["record"]
+    head = _pack(
+        [
+            _const(n, _MAGIC_BYTES),
+            (record.astype("<u4").view(np.uint8).reshape(n, 4), np.full(n, 4, np.int64)),
+            _const(n, b"\x0a"),
+            _var(lay["entry"]),
+            _const(n, b"\x0a\x06values\x12"),
+            _var(lay["value"]),
+            _const(n, bytes([(_TENSOR_FIELD[rows.value_type] << 3) | 2])),
+            _var(lay["tensor"]),
+            _const(n, b"\x0a", has),
+            _var(lay["vb"], has),
+        ]
+    )
+    pad = (-record) % 4
+    tail_fields: list[_Field] = []
+    streams = [head, (lay["vstream"], lay["vb"])]
+    if rows.keys is not None:
+        streams.append(_pack([_const(n, b"\x12", has), _var(lay["kb"], has)]))
+        streams.append((lay["kstream"], lay["kb"]))
+        shape = _varint_block(np.array([rows.n_cols]))[0].tobytes()
+        tail_fields.append(_const(n, b"\x1a" + bytes([len(shape)]) + shape))
+    tail_fields.append(lay["label_block"])  # type: ignore[arg-type]
+    tail_fields.append((np.zeros((n, 3), np.uint8), pad))
+    streams.append(_pack(tail_fields))
+    return _interleave(streams)
+
+
+_CHUNK_ROWS = 1 << 16
+_CHUNK_VALUES = 1 << 20
+
+
+def _chunks(indptr: np.ndarray) -> Iterable[tuple[int, int]]:
+    n = indptr.size - 1
+    start = 0
+    while start < n:
+        by_values = int(np.searchsorted(indptr, indptr[start] + _CHUNK_VALUES, side="right")) - 1
+        stop = max(start + 1, min(start + _CHUNK_ROWS, by_values, n))
+        yield start, stop
+        start = stop
+
+
+def _sparse_rows(matrix: Any, labels: np.ndarray | None) -> _Rows:
+    if not sp.issparse(matrix):
+        raise RecordIOError(f"write_sparse expects a scipy.sparse matrix, got {type(matrix).__name__}.")
+    if len(matrix.shape) != 2:
+        raise RecordIOError(f"The matrix must be 2-dimensional, got shape {matrix.shape}.")
+    value_type = _resolve_type(matrix.dtype, "matrix")
+    csr = matrix.tocsr()
+    n_rows, n_cols = csr.shape
+    label_type = _check_labels(labels, n_rows)
+    return _Rows(
+        indptr=csr.indptr.astype(np.int64),
+        keys=csr.indices,
+        values=csr.data,
+        value_type=value_type,
+        n_cols=int(n_cols),
+        labels=labels,
+        label_type=label_type,
+    )
+
+
+def _dense_rows(array: Any, labels: np.ndarray | None) -> _Rows:
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise RecordIOError(f"The array must be 2-dimensional, got shape {array.shape}.")
+    value_type = _resolve_type(array.dtype, "array")
+    n_rows, n_cols = array.shape
+    label_type = _check_labels(labels, n_rows)
+    return _Rows(
+        indptr=np.arange(n_rows + 1, dtype=np.int64) * n_cols,
+        keys=None,
+        values=np.ascontiguousarray(array).reshape(-1),
+        value_type=value_type,
+        n_cols=int(n_cols),
+        labels=labels,
+        label_type=label_type,
+    )
+
+
+def _check_labels(labels: np.ndarray | None, n_rows: int) -> str | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n_rows:
+        raise RecordIOError(
+            f"The labels must be a vector of {n_rows} values (one per row), got shape {labels.shape}."
+        )
+    return _resolve_type(labels.dtype, "labels")
+
+
+def _slice(rows: _Rows, start: int, stop: int) -> _Rows:
+    lo, hi = int(rows.indptr[start]), int(rows.indptr[stop])
+    return _Rows(
+        indptr=rows.indptr[start : stop + 1] - lo,
+        keys=None if rows.keys is None else rows.keys[lo:hi],
+        values=rows.values[lo:hi],
+        value_type=rows.value_type,
+        n_cols=rows.n_cols,
+        labels=None if rows.labels is None else np.asarray(rows.labels)[start:stop],
+        label_type=rows.label_type,
+    )
+
+
+def _write_rows(fileobj: IO[bytes], rows: _Rows) -> None:
+    for start, stop in _chunks(rows.indptr):
+        fileobj.write(_encode(_slice(rows, start, stop)).tobytes())
+
+
+def _frame_sizes(rows: _Rows) -> np.ndarray:
+    sizes = [_layout(_slice(rows, a, b))["frame"] for a, b in _chunks(rows.indptr)]
+    return np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+
+
+def write_sparse(fileobj: IO[bytes], matrix: Any, labels: np.ndarray | None = None) -> None:
+    """Write each row of a scipy sparse matrix as one sparse record (keys, values, shape, label).
+
+    Byte-identical to ``sagemaker.amazon.common.write_spmatrix_to_sparse_tensor``.
+    """
+    _write_rows(fileobj, _sparse_rows(matrix, labels))
+
+
+def write_dense(fileobj: IO[bytes], array: np.ndarray, labels: np.ndarray | None = None) -> None:
+    """Write each row of a 2-D array as one dense record (values, label).
+
+    Byte-identical to ``sagemaker.amazon.common.write_numpy_to_dense_tensor``.
+    """
+    _write_rows(fileobj, _dense_rows(array, labels))
+
+
+def record_sizes_sparse(matrix: Any, labels: np.ndarray | None = None) -> np.ndarray:
+    """Bytes of each row's frame (header, record, padding) as ``write_sparse`` writes it."""
+    return _frame_sizes(_sparse_rows(matrix, labels))
+
+
+def record_sizes_dense(array: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Bytes of each row's frame (header, record, padding) as ``write_dense`` writes it."""
+    return _frame_sizes(_dense_rows(array, labels))
+
+
+def _write_shards(directory: str | os.PathLike[str], rows: _Rows, max_bytes: int, prefix: str) -> list[Path]:
+    if not isinstance(max_bytes, int) or max_bytes < 1:
+        raise RecordIOError(f"The 'max_bytes' parameter must be a positive int, got {max_bytes!r}.")
+    sizes = _frame_sizes(rows)
+    too_big = np.flatnonzero(sizes > max_bytes)
+    if too_big.size:
+        i = int(too_big[0])
+        raise RecordIOError(
+            f"Row {i} takes {int(sizes[i])} bytes, more than max_bytes={max_bytes}: "
+            "a shard holds whole records."
+        )
+    ends = np.cumsum(sizes)
+    bounds = [0]
+    while bounds[-1] < sizes.size:
+        done = int(ends[bounds[-1] - 1]) if bounds[-1] else 0
+        bounds.append(int(np.searchsorted(ends, done + max_bytes, side="right")))
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for shard, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        path = out_dir / f"{prefix}-{shard:05d}.pbr"
+        with path.open("wb") as f:
+            _write_rows(f, _slice(rows, start, stop))
+        paths.append(path)
+    return paths
+
+
+def write_sparse_shards(
+    directory: str | os.PathLike[str],
+    matrix: Any,
+    labels: np.ndarray | None = None,
+    *,
+    max_bytes: int,
+    prefix: str = "part",
+) -> list[Path]:
+    """Write the rows in order into ``<prefix>-00000.pbr``, ... each at most ``max_bytes`` bytes.
+
+    Every file holds whole records, so each is a valid recordio file on its own and their
+    concatenation equals what ``write_sparse`` writes. No rows -> no files.
+    """
+    return _write_shards(directory, _sparse_rows(matrix, labels), max_bytes, prefix)
+
+
+def write_dense_shards(
+    directory: str | os.PathLike[str],
+    array: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    max_bytes: int,
+    prefix: str = "part",
+) -> list[Path]:
+    """Dense counterpart of ``write_sparse_shards``."""
+    return _write_shards(directory, _dense_rows(array, labels), max_bytes, prefix)
+
+
+# --------------------------------------------------------------------------------------------------
+# reader
+
+
+def _load(source: Source) -> tuple[np.ndarray, str]:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise RecordIOError(f"Cannot read recordio file '{path}': {e}") from e
+        return np.frombuffer(data, dtype=np.uint8), f"'{path}'"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return np.frombuffer(source, dtype=np.uint8), "input"
+    if hasattr(source, "read"):
+        data = source.read()
+        name = getattr(source, "name", None)
+        return np.frombuffer(data, dtype=np.uint8), f"'{name}'" if isinstance(name, str) else "input"
+    raise RecordIOError(f"Expected a path, bytes or a binary file object, got {type(source).__name__}.")
+
+
+def _frames(buf: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, dict[int, bytes]]:
+    """Start offset and length of each record payload.
+
+    Multi-part (dmlc continuation) records are reassembled into the returned dict
+    {record index: payload}; their start/length then point to their first frame.
+    """
+    size = buf.size
+    if size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), {}
+    if size % 4 == 0:
+        words = buf.view("<u4")
+        cand = np.flatnonzero(words == MAGIC)
+        if cand.size and cand[-1] + 1 < words.size:
+            lens = words[cand + 1].astype(np.int64)
+            starts = cand.astype(np.int64) * 4
+            nxt = starts + 8 + ((lens + 3) & ~3)
+            chained = np.array_equal(nxt[:-1], starts[1:]) and nxt[-1] == size
+            if starts[0] == 0 and chained and lens.max() < 1 << 29:
+                return starts + 8, lens, {}
+    return _frames_slow(buf.tobytes(), name)
+
+
+def _frames_slow(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray, dict[int, bytes]]:
+    starts: list[int] = []
+    lens: list[int] = []
+    joined: dict[int, bytes] = {}
+    parts: list[bytes] | None = None
+    pos, size = 0, len(data)
+    unpack = struct.Struct("<II").unpack_from
+    while pos < size:
+        if size - pos < 8:
+            raise RecordIOError(
+                f"recordio {name}: truncated record header at byte {pos} ({size - pos} bytes left, need 8)."
+            )
+        magic, word = unpack(data, pos)
+        if magic != MAGIC:
+            raise RecordIOError(
+                f"recordio {name}: wrong magic 0x{magic:08X} at byte {pos} (expected 0x{MAGIC:08X})."
+            )
+        cflag, length = word >> 29, word & ((1 << 29) - 1)
+        padded = (length + 3) & ~3
+        if pos + 8 + length > size:
+            raise RecordIOError(
+                f"recordio {name}: truncated record at byte {pos}: it declares {length} bytes, "
+                f"only {size - pos - 8} remain."
+            )
+        payload = data[pos + 8 : pos + 8 + length]
+        if cflag == 0 and parts is None:
+            starts.append(pos + 8)
+            lens.append(length)
+        elif cflag == 1 and parts is None:
+            starts.append(pos + 8)
+            lens.append(length)
+            parts = [payload]
+        elif cflag in (2, 3) and parts is not None:
+            parts.append(payload)
+            if cflag == 3:
+                joined[len(starts) - 1] = _MAGIC_BYTES.join(parts)
+                parts = None
+        else:
+            raise RecordIOError(
+                f"recordio {name}: unexpected continuation flag {cflag} in the record at byte {pos}."
+            )
+        pos += 8 + min(padded, size - pos - 8)
+    if parts is not None:
+        raise RecordIOError(
+            f"recordio {name}: the multi-part record at byte {starts[-1] - 8} is not finished."
+        )
+    return np.array(starts, np.int64), np.array(lens, np.int64), joined
+
+
+@dataclass
+class _Parsed:
+    counts: np.ndarray  # values per record
+    values: np.ndarray  # all values, record after record
+    keys: np.ndarray | None  # column of each value (None when every record is dense)
+    n_cols: int | None  # from the records' shape, when they carry one
+    labels: np.ndarray | None
+
+
+def _gather(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    out_start = np.cumsum(lens) - lens
+    idx = np.repeat(starts - out_start, lens)
+    idx += np.arange(idx.size, dtype=np.int64)
+    return buf.take(idx)
+
+
+def _decode_varint_stream(stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 values of a concatenation of complete varints and the index of each one's last byte."""
+    ends = np.flatnonzero(stream < 0x80)
+    if ends.size == 0:
+        return np.zeros(0, np.uint64), ends
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    if np.max(ends - starts) >= 10:
+        raise ValueError("varint longer than 10 bytes")
+    pos = np.arange(stream.size, dtype=np.int64) - np.repeat(starts, ends - starts + 1)
+    parts = (stream & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
+    return np.add.reduceat(parts, starts), ends
+
+
+class _Cursor:
+    """Vectorised varint/tag reading at one position per record."""
+
+    def __init__(self, buf: np.ndarray, pos: np.ndarray, end: np.ndarray) -> None:
+        self.buf = np.concatenate([buf, np.zeros(16, np.uint8)])
+        self.pos = pos.copy()
+        self.end = end
+        self.ok = np.ones(pos.size, dtype=bool)
+
+    def byte_is(self, value: int, where: np.ndarray | None = None) -> np.ndarray:
+        hit = (self.pos < self.end) & (self.buf[np.minimum(self.pos, self.buf.size - 1)] == value)
+        return hit if where is None else hit & where
+
+    def expect(self, data: bytes) -> None:
+        window = self.buf[self.pos[:, None] + np.arange(len(data))]
+        self.ok &= np.all(window == np.frombuffer(data, np.uint8), axis=1)
+        self.ok &= self.pos + len(data) <= self.end
+        self.pos += len(data)
+
+    def varint(self, where: np.ndarray | None = None) -> np.ndarray:
+        """Read a varint at pos (only where ``where``); returns its value (0 elsewhere)."""
+        window = self.buf[np.minimum(self.pos, self.buf.size - 10)[:, None] + np.arange(10)]
+        stop = window < 0x80
+        length = np.argmax(stop, axis=1) + 1
+        valid = stop.any(axis=1) & (self.pos + length <= self.end)
+        shifts = (7 * np.arange(10)).astype(np.uint64)
+        parts = (window & 0x7F).astype(np.uint64) << shifts
+        parts[np.arange(10)[None, :] >= length[:, None]] = 0
+        value = parts.sum(axis=1, dtype=np.uint64)
+        if where is None:
+            self.ok &= valid
+            self.pos += length
+            return value.astype(np.int64)
+        self.ok &= valid | ~where
+        self.pos += np.where(where, length, 0)
+        return np.where(where, value, 0).astype(np.int64)
+
+
+def _parse_fast(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parsed | None:
+    """Parse records laid out as the SDK writes them (Float32 values, optional Float32 label).
+
+    Returns None when any record differs from that layout (the slow parser then takes over).
+    """
+    if starts.size == 0:
+        return _Parsed(np.zeros(0, np.int64), np.zeros(0, np.float32), None, None, None)
+    if int(lens.max()) >= 1 << 31:
+        return None
+    end = starts + lens
+    c = _Cursor(buf, starts, end)
+    c.expect(b"\x0a")
+    entry_end = c.varint()
+    entry_end += c.pos
+    c.expect(b"\x0a\x06values\x12")
+    value_end = c.varint()
+    value_end += c.pos
+    c.expect(b"\x12")
+    tensor_end = c.varint()
+    tensor_end += c.pos
+    c.ok &= (tensor_end == value_end) & (value_end == entry_end) & (entry_end <= end)
+    if not c.ok.all():
+        return None
+    c.end = tensor_end
+    has_values = c.byte_is(0x0A)
+    c.pos += has_values
+    vb = c.varint(has_values)
+    vstart = c.pos.copy()
+    c.pos += vb
+    has_keys = c.byte_is(0x12)
+    c.pos += has_keys
+    kb = c.varint(has_keys)
+    kstart = c.pos.copy()
+    c.pos += kb
+    has_shape = c.byte_is(0x1A)
+    c.pos += has_shape
+    sb = c.varint(has_shape)
+    sstart = c.pos.copy()
+    c.pos += sb
+    c.ok &= (c.pos == tensor_end) & (vb % 4 == 0)
+    c.end = end
+    has_label = c.pos < end
+    if has_label.any():
+        if not has_label.all():
+            return None
+        c.expect(b"\x12\x12\x0a\x06values\x12\x08\x12\x06\x0a\x04")
+        label_pos = c.pos.copy()
+        c.pos += 4
+    c.ok &= c.pos == end
+    if not c.ok.all():
+        return None
+
+    counts = vb // 4
+    values = _gather(buf, vstart, vb).view("<f4")
+    labels = None
+    if has_label.any():
+        labels = _gather(buf, label_pos, np.full(label_pos.size, 4, np.int64)).view("<f4")
+
+    n_cols: int | None = None
+    if has_shape.any():
+        ss = sstart[has_shape]
+        c2 = _Cursor(buf, ss, ss + sb[has_shape])
+        dims = c2.varint()
+        if not (c2.ok.all() and np.array_equal(c2.pos, c2.end)):
+            return None  # multi-dimensional or broken shape
+        if np.any(dims != dims[0]):
+            return None
+        n_cols = int(dims[0])
+
+    keys: np.ndarray | None = None
+    if has_keys.any():
+        kstream = _gather(buf, kstart, kb)
+        if kstream.size and kstream[-1] >= 0x80:
+            return None
+        try:
+            decoded, key_ends = _decode_varint_stream(kstream)
+        except ValueError:
+            return None
+        # Number of keys in each record: terminators inside its segment; segments must end on one.
+        seg_end = np.cumsum(kb)
+        nk = np.diff(np.concatenate([[0], np.searchsorted(key_ends, seg_end, side="left")]))
+        last_ok = (kb == 0) | np.isin(seg_end - 1, key_ends)
+        if not last_ok.all() or not np.array_equal(nk[has_keys], counts[has_keys]):
+            return None
+        if (has_values & ~has_keys).any():
+            keyed = np.repeat(has_keys, counts)
+            local = np.arange(values.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+            keys = local.astype(np.uint64)
+            keys[keyed] = decoded
+        else:
+            keys = decoded
+    return _Parsed(counts.astype(np.int64), values, keys, n_cols, labels)
+
+
+# ---- per-record parser (any valid encoding; precise errors)
+
+
+_Tensor = tuple[str, np.ndarray, "list[int] | None", "list[int]"]  # kind, values, keys, shape
+
+
+class _Reader:
+    def __init__(self, data: bytes, name: str, base: int) -> None:
+        self.data, self.name, self.base = data, name, base
+
+    def fail(self, pos: int, message: str) -> RecordIOError:
+        return RecordIOError(f"recordio {self.name}: {message} at byte {self.base + pos}.")
+
+    def varint(self, pos: int, end: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        start = pos
+        while True:
+            if pos >= end:
+                raise self.fail(start, "truncated varint")
+            b = self.data[pos]
+            value |= (b & 0x7F) << shift
+            pos += 1
+            if b < 0x80:
+                return value, pos
+            shift += 7
+            if shift >= 70:
+                raise self.fail(start, "varint longer than 10 bytes")
+
+    def fields(self, pos: int, end: int, message: str) -> Iterable[tuple[int, int, int, Any]]:
+        """(field number, wire type, offset, payload): payload is an int or a (start, end) pair."""
+        while pos < end:
+            at = pos
+            tag, pos = self.varint(pos, end)
+            number, wire = tag >> 3, tag & 7
+            payload: Any
+            if wire == 0:
+                payload, pos = self.varint(pos, end)
+            elif wire == 1 or wire == 5:
+                width = 8 if wire == 1 else 4
+                if pos + width > end:
+                    raise self.fail(at, f"truncated field {number} in {message}")
+                payload = (pos, pos + width)
+                pos += width
+            elif wire == 2:
+                length, pos = self.varint(pos, end)
+                if pos + length > end:
+                    raise self.fail(at, f"truncated field {number} in {message} (declares {length} bytes)")
+                payload = (pos, pos + length)
+                pos += length
+            else:
+                raise self.fail(at, f"unsupported wire type {wire} for field {number} in {message}")
+            yield number, wire, at, payload
+
+    def packed_varints(self, span: tuple[int, int]) -> list[int]:
+        out = []
+        pos, end = span
+        while pos < end:
+            value, pos = self.varint(pos, end)
+            out.append(value)
+        return out
+
+    def tensor(self, span: tuple[int, int], kind: str) -> tuple[np.ndarray, list[int] | None, list[int]]:
+        fmt = {_F4: "<f4", _F8: "<f8", _I4: None}[kind]
+        width = {_F4: 4, _F8: 8, _I4: 0}[kind]
+        scalar_wire = {_F4: 5, _F8: 1, _I4: 0}[kind]
+        values: list[np.ndarray] = []
+        keys: list[int] | None = None
+        shape: list[int] = []
+        message = f"{kind}Tensor"
+        for number, wire, at, payload in self.fields(*span, message):
+            if number == 1:
+                if wire == 2 and fmt is not None:
+                    a, b = payload
+                    if (b - a) % width:
+                        raise self.fail(
+                            at, f"packed {kind} values of {b - a} bytes, not a multiple of {width}"
+                        )
+                    values.append(np.frombuffer(self.data[a:b], dtype=fmt))
+                elif wire == 2:
+                    ints = [v - (1 << 64) if v >= 1 << 63 else v for v in self.packed_varints(payload)]
+                    values.append(np.array(ints, dtype=np.int64).astype(np.int32))
+                elif wire == scalar_wire:
+                    if fmt is None:
+                        v = payload - (1 << 64) if payload >= 1 << 63 else payload
+                        values.append(np.array([v], dtype=np.int64).astype(np.int32))
+                    else:
+                        values.append(np.frombuffer(self.data[payload[0] : payload[1]], dtype=fmt))
+                else:
+                    raise self.fail(at, f"{message}.values has wire type {wire}")
+            elif number in (2, 3):
+                if wire == 2:
+                    got = self.packed_varints(payload)
+                elif wire == 0:
+                    got = [payload]
+                else:
+                    raise self.fail(at, f"{message} field {number} has wire type {wire}")
+                if number == 2:
+                    keys = (keys or []) + got
+                else:
+                    shape.extend(got)
+            else:
+                raise self.fail(at, f"unknown field {number} in {message}")
+        dtype = {_F4: np.float32, _F8: np.float64, _I4: np.int32}[kind]
+        arr = np.concatenate(values).astype(dtype, copy=False) if values else np.zeros(0, dtype)
+        return arr, keys, shape
+
+    def value_map(self, span: tuple[int, int], what: str) -> _Tensor:
+        key: str | None = None
+        tensor: _Tensor | None = None
+        for number, wire, at, payload in self.fields(*span, f"the {what} map entry"):
+            if number == 1 and wire == 2:
+                key = self.data[payload[0] : payload[1]].decode("utf-8", "replace")
+            elif number == 2 and wire == 2:
+                for vnum, vwire, vat, vpayload in self.fields(payload[0], payload[1], "Value"):
+                    if vnum in _FIELD_TENSOR and vwire == 2:
+                        kind = _FIELD_TENSOR[vnum]
+                        tensor = (kind, *self.tensor(vpayload, kind))
+                    elif vnum == 9:
+                        raise self.fail(vat, f"unsupported Bytes value in {what}")
+                    else:
+                        raise self.fail(vat, f"unknown field {vnum} (wire type {vwire}) in Value")
+            else:
+                raise self.fail(at, f"unknown field {number} (wire type {wire}) in the {what} map entry")
+        if key != "values":
+            raise self.fail(span[0], f"unsupported {what} name {key!r} (expected 'values')")
+        if tensor is None:
+            raise self.fail(span[0], f"{what} 'values' has no tensor")
+        return tensor
+
+    def record(self, start: int, end: int) -> tuple[str, np.ndarray, list[int] | None, list[int], Any]:
+        features = None
+        label: Any = None
+        for number, wire, at, payload in self.fields(start, end, "Record"):
+            if number == 1 and wire == 2:
+                if features is not None:
+                    raise self.fail(at, "more than one feature in Record")
+                features = self.value_map(payload, "feature")
+            elif number == 2 and wire == 2:
+                if label is not None:
+                    raise self.fail(at, "more than one label in Record")
+                _, arr, _, _ = self.value_map(payload, "label")
+                if arr.size != 1:
+                    raise self.fail(at, f"label holds {arr.size} values, expected 1")
+                label = arr[0]
+            elif number in (3, 4, 5) and wire == 2:
+                continue  # uid, metadata, configuration: not data
+            else:
+                raise self.fail(at, f"unknown field {number} (wire type {wire}) in Record")
+        if features is None:
+            raise self.fail(start, "Record has no features")
+        return (*features, label)
+
+
+def _parse_slow(
+    buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, joined: dict[int, bytes], name: str
+) -> _Parsed:
+    data = buf.tobytes()
+    all_values: list[np.ndarray] = []
+    all_keys: list[np.ndarray] = []
+    counts = np.zeros(starts.size, np.int64)
+    labels: list[Any] = []
+    shapes: set[tuple[int, ...]] = set()
+    any_keys = False
+    kinds: set[str] = set()
+    for i, (start, length) in enumerate(zip(starts.tolist(), lens.tolist(), strict=True)):
+        if i in joined:
+            reader = _Reader(joined[i], f"{name} (multi-part record)", start)
+            kind, values, keys, shape, label = reader.record(0, len(joined[i]))
+        else:
+            reader = _Reader(data, name, 0)
+            kind, values, keys, shape, label = reader.record(start, start + length)
+        kinds.add(kind)
+        if len(kinds) > 1:
+            raise reader.fail(start, f"{kind} tensor after records of type {sorted(kinds - {kind})[0]}")
+        if keys is not None and len(keys) != values.size:
+            raise reader.fail(start, f"sparse record with {len(keys)} keys but {values.size} values")
+        if shape:
+            if len(shape) != 1:
+                raise reader.fail(start, f"feature shape {shape} is not one-dimensional")
+            shapes.add(tuple(shape))
+        any_keys |= keys is not None
+        local = np.arange(values.size, dtype=np.uint64)
+        all_keys.append(local if keys is None else np.array(keys, np.uint64))
+        all_values.append(values)
+        counts[i] = values.size
+        labels.append(label)
+    if len(shapes) > 1:
+        raise RecordIOError(f"recordio {name}: records have different feature shapes {sorted(shapes)}.")
+    with_label = sum(label is not None for label in labels)
+    if with_label not in (0, len(labels)):
+        first = next(i for i, label in enumerate(labels) if label is None)
+        raise RecordIOError(
+            f"recordio {name}: record {first} (byte {int(starts[first]) - 8}) has no label "
+            "but other records do."
+        )
+    dtype = {_F4: np.float32, _F8: np.float64, _I4: np.int32}[kinds.pop()] if kinds else np.float32
+    return _Parsed(
+        counts=counts,
+        values=np.concatenate(all_values).astype(dtype, copy=False) if all_values else np.zeros(0, dtype),
+        keys=np.concatenate(all_keys) if any_keys else None,
+        n_cols=shapes.pop()[0] if shapes else None,
+        labels=np.array(labels, dtype=dtype) if with_label else None,
+    )
+
+
+def _parse(source: Source) -> tuple[_Parsed, np.ndarray, str]:
+    buf, name = _load(source)
+    starts, lens, joined = _frames(buf, name)
+    parsed = None if joined else _parse_fast(buf, starts, lens)
+    if parsed is None:
+        parsed = _parse_slow(buf, starts, lens, joined, name)
+    return parsed, starts, name
+
+
+def _to_csr(parsed: _Parsed, starts: np.ndarray, name: str) -> sp.csr_matrix:
+    indptr = np.zeros(parsed.counts.size + 1, dtype=np.int64)
+    np.cumsum(parsed.counts, out=indptr[1:])
+    if parsed.keys is None:
+        keys = np.arange(parsed.values.size, dtype=np.int64) - np.repeat(indptr[:-1], parsed.counts)
+    else:
+        keys = parsed.keys.astype(np.int64)
+    widest = int(keys.max()) + 1 if keys.size else 0
+    n_cols = parsed.n_cols if parsed.n_cols is not None else widest
+    if widest > n_cols or (keys.size and keys.min() < 0):
+        bad = int(np.flatnonzero((keys >= n_cols) | (keys < 0))[0])
+        row = int(np.searchsorted(indptr, bad, side="right")) - 1
+        raise RecordIOError(
+            f"recordio {name}: record {row} (byte {int(starts[row]) - 8}) has key {int(parsed.keys[bad])} "  # type: ignore[index]
+            f"outside its shape [{n_cols}]."
+        )
+    index_dtype = np.int32 if max(n_cols, parsed.values.size) < 2**31 else np.int64
+    return sp.csr_matrix(
+        (parsed.values, keys.astype(index_dtype), indptr.astype(index_dtype)),
+        shape=(parsed.counts.size, n_cols),
+    )
+
+
+def read_sparse(source: Source) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    """Read records into a CSR matrix (one row per record) and the labels (None if unlabelled).
+
+    ``source`` is a path, bytes, or a binary file object; a concatenation of files is fine as long
+    as every record has the same shape. Dense records become full rows. The dtype is that of the
+    tensors (float32 for SDK/``write_sparse`` files). The column count comes from the records'
+    ``shape`` (else the largest key + 1).
+    """
+    parsed, starts, name = _parse(source)
+    return _to_csr(parsed, starts, name), parsed.labels
+
+
+def read_dense(source: Source) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read records into a 2-D array (one row per record) and the labels (None if unlabelled).
+
+    Dense records must all have the same number of values; sparse records are expanded.
+    """
+    parsed, starts, name = _parse(source)
+    n = parsed.counts.size
+    if parsed.keys is None:
+        width = int(parsed.counts[0]) if n else 0
+        if n and np.any(parsed.counts != width):
+            row = int(np.flatnonzero(parsed.counts != width)[0])
+            raise RecordIOError(
+                f"recordio {name}: record {row} (byte {int(starts[row]) - 8}) has {int(parsed.counts[row])} "
+                f"values, record 0 has {width}."
+            )
+        if parsed.n_cols is not None and n and parsed.n_cols != width:
+            raise RecordIOError(
+                f"recordio {name}: records hold {width} values but declare shape [{parsed.n_cols}]."
+            )
+        return parsed.values.reshape(n, width), parsed.labels
+    return _to_csr(parsed, starts, name).toarray(), parsed.labels
+
+
+def read_sparse_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    """``read_sparse`` over several files, rows in the order given; all must share a column count."""
+    mats, labels = [], []
+    for path in paths:
+        m, y = read_sparse(path)
+        mats.append((path, m))
+        labels.append(y)
+    if not mats:
+        return sp.csr_matrix((0, 0), dtype=np.float32), None
+    widths = {m.shape[1] for _, m in mats if m.shape[0]}
+    if len(widths) > 1:
+        raise RecordIOError(
+            f"recordio files have different column counts {sorted(widths)}: {[str(p) for p, _ in mats]}."
+        )
+    n_cols = widths.pop() if widths else 0
+    _check_file_labels(labels, [p for p, _ in mats])
+    out = sp.vstack([sp.csr_matrix(m, shape=(m.shape[0], n_cols)) for _, m in mats], format="csr")
+    return out, None if labels[0] is None else np.concatenate(labels)  # type: ignore[arg-type]
+
+
+def read_dense_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``read_dense`` over several files, rows in the order given; all must have the same width."""
+    arrays, labels, names = [], [], []
+    for path in paths:
+        x, y = read_dense(path)
+        arrays.append(x)
+        labels.append(y)
+        names.append(path)
+    if not arrays:
+        return np.zeros((0, 0), np.float32), None
+    widths = {a.shape[1] for a in arrays if a.shape[0]}
+    if len(widths) > 1:
+        raise RecordIOError(
+            f"recordio files have different widths {sorted(widths)}: {[str(p) for p in names]}."
+        )
+    width = widths.pop() if widths else 0
+    _check_file_labels(labels, names)
+    out = np.concatenate([a.reshape(a.shape[0], width) for a in arrays])
+    return out, None if labels[0] is None else np.concatenate(labels)  # type: ignore[arg-type]
+
+
+def _check_file_labels(labels: list[np.ndarray | None], paths: Sequence[Any]) -> None:
+    have = [y is not None for y in labels]
+    if any(have) and not all(have):
+        missing = paths[have.index(False)]
+        raise RecordIOError(f"recordio '{missing}' has no labels but other files do.")
