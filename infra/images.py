@@ -94,8 +94,8 @@ class BuiltinImages(Construct):
         )
 
     def account(self, image: BuiltinImage) -> str:
-        # An explicit Fn::FindInMap (never resolved at synth) keeps the template region-agnostic.
-        return Fn.find_in_map(self.mapping.logical_id, Aws.REGION, image.attribute)
+        # AWS::Region is a token in an environment-agnostic stack: this renders Fn::FindInMap.
+        return self.mapping.find_in_map(Aws.REGION, image.attribute)
 
     def image_uri(self, image: BuiltinImage) -> str:
         """``<account>.dkr.ecr.<region>.<url suffix>/<repository>:<tag>`` (as the SDK spells it)."""

@@ -139,7 +139,8 @@ class PipLayerBundler:
         self.requirements = requirements
         self.function_code_bytes = function_code_bytes
 
-    def try_bundle(self, output_dir: str, **_options: Any) -> bool:
+    # jsii passes the BundlingOptions struct positionally (the docker image, unused here).
+    def try_bundle(self, output_dir: str, options: Any = None, **_kwargs: Any) -> bool:
         site = install_dependencies(self.cache_dir, self.requirements)
         check_size(directory_size(site) + self.function_code_bytes,
                    "The Lambda dependency layer plus the function code")

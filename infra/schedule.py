@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import Duration, TimeZone
+from aws_cdk import Aws, Duration, TimeZone
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as targets
@@ -26,7 +26,10 @@ class RetrainingSchedule(Construct):
         super().__init__(scope, construct_id)
         self.role = iam.Role(
             self, "Role",
-            assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
+            # Only schedules of this account may assume it (confused-deputy protection).
+            assumed_by=iam.ServicePrincipal(
+                "scheduler.amazonaws.com",
+                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}),
             description="recpipe retraining schedule: starts the pipeline",
         )
         self.schedule = scheduler.Schedule(
