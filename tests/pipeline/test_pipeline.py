@@ -1,0 +1,300 @@
+"""End to end: the deployed ASL run locally on a synthetic dataset, each state's outputs checked;
+then each state made to fail in turn: the execution fails with that state's cause, the run lock is
+released and the previously active recommendations are still served."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from recpipe import config
+from recpipe.cli import app
+from recpipe.local import results
+from recpipe.local.dynamodb import client
+from recpipe.local.exceptions import TaskFailure
+
+from .conftest import N_ITEMS, N_USERS, OVERRIDES, PipelineRun, Runner, write_dataset
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ("eval", "serve")
+INNER = ("Train FM", "Repackage", "Train k-NN", "Create model", "Batch transform")
+
+
+def _local(run: PipelineRun, uri: str) -> Path:
+    assert uri.startswith("s3://")
+    bucket, _, key = uri[5:].partition("/")
+    return run.workdir / "s3" / bucket / key
+
+
+def _run_doc(run: PipelineRun) -> dict[str, Any]:
+    doc: dict[str, Any] = run.state("Prepare").output["run"]
+    return doc
+
+
+def _seen(run: PipelineRun) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = {}
+    with (run.data / "interactions" / "ratings.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            seen.setdefault(row["user_id"], set()).add(row["item_id"])
+    return seen
+
+
+def test_the_execution_succeeds_through_every_state_in_order(pipeline: PipelineRun) -> None:
+    assert pipeline.outcome.status == "SUCCEEDED", (pipeline.outcome.error, pipeline.outcome.cause)
+    top = [s.name for s in pipeline.outcome.states if not s.path]
+    assert top == [
+        "Prepare",
+        "Process",
+        "Plan",
+        "Models",
+        "Evaluation?",
+        "Evaluate",
+        "Quality gate",
+        "Publish",
+        "Release lock",
+        "Succeeded",
+    ]
+    for variant in VARIANTS:
+        assert [s.name for s in pipeline.outcome.states if s.variant == variant] == list(INNER)
+    assert all(s.status == "succeeded" for s in pipeline.outcome.states)
+
+
+def test_prepare_writes_the_resolved_config_under_the_run(pipeline: PipelineRun) -> None:
+    doc = _run_doc(pipeline)
+    assert doc["run_id"] == pipeline.run_id
+    written = json.loads((pipeline.run_dir / "config.json").read_text())
+    flat = config.flatten(written.get("config", written))
+    for key, value in OVERRIDES.items():
+        assert flat[key] == value
+    assert [v["name"] for v in doc["variants"]] == list(VARIANTS)
+
+
+def test_process_writes_the_manifest_and_the_training_sets(pipeline: PipelineRun) -> None:
+    manifest = json.loads(_local(pipeline, _run_doc(pipeline)["uris"]["manifest"]).read_text())
+    assert manifest["counts"]["users"] == N_USERS
+    assert manifest["counts"]["items"] == N_ITEMS
+    assert manifest["feature_dim"] > N_USERS + N_ITEMS  # one-hot ids plus user and item features
+    assert manifest["layout"]["user_features"] and manifest["layout"]["item_features"]
+    processed = _local(pipeline, _run_doc(pipeline)["uris"]["manifest"]).parent
+    for name in ("train", "test", "full"):
+        assert any((processed / manifest["files"][name]).iterdir()), name
+
+
+def test_plan_emits_string_hyperparameters_from_the_manifest(pipeline: PipelineRun) -> None:
+    plan = pipeline.state("Plan").output["plan"]
+    manifest = json.loads(_local(pipeline, _run_doc(pipeline)["uris"]["manifest"]).read_text())
+    fm = plan["fm_hyperparameters"]
+    assert all(isinstance(v, str) for v in fm.values())
+    assert fm["feature_dim"] == str(manifest["feature_dim"])
+    assert (fm["num_factors"], fm["epochs"]) == ("8", "3")
+    assert plan["knn_hyperparameters"]["k"] == str(OVERRIDES["publish.top_n"] + OVERRIDES["knn.k_margin"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variant_trains_fm_repackages_trains_knn_and_transforms(
+    pipeline: PipelineRun, variant: str
+) -> None:
+    variant_dir = pipeline.run_dir / variant
+    fm_models = list((variant_dir / "fm").rglob("model.tar.gz"))
+    knn_models = list((variant_dir / "knn").rglob("model.tar.gz"))
+    assert len(fm_models) == 1 and len(knn_models) == 1
+    assert fm_models[0].parent.name == "output" and fm_models[0].parent.parent.name.endswith("fm")
+    with tarfile.open(fm_models[0]) as tar:
+        assert tar.getnames()
+    user_files = [p for p in (variant_dir / "vectors").rglob("*") if p.is_file() and "user" in p.as_posix()]
+    assert len(user_files) == OVERRIDES["transform.user_shards"]
+    outputs = sorted((variant_dir / "transform").rglob("*.out"))
+    assert len(outputs) == OVERRIDES["transform.user_shards"]
+    records = [json.loads(line) for path in outputs for line in path.read_text().splitlines()]
+    assert len(records) == N_USERS
+    k = OVERRIDES["publish.top_n"] + OVERRIDES["knn.k_margin"]
+    for record in records:
+        assert len(record["labels"]) == len(record["distances"]) == min(k, N_ITEMS)
+        assert record["distances"] == sorted(record["distances"])  # ascending, as the service returns
+
+
+def test_evaluate_scores_the_eval_variant_and_keeps_metrics(pipeline: PipelineRun) -> None:
+    evaluation = pipeline.state("Evaluate").output["evaluation"]
+    metrics = evaluation["metrics"]
+    assert 0.0 <= metrics["ndcg_at_10"] <= 1.0
+    assert metrics["users_evaluated"] > 0
+    stored = json.loads(_local(pipeline, _run_doc(pipeline)["uris"]["metrics"]).read_text())
+    assert stored.get("metrics", stored)["ndcg_at_10"] == pytest.approx(metrics["ndcg_at_10"])
+
+
+def test_publish_serves_top_n_unseen_items_for_every_user_and_releases_the_lock(
+    pipeline: PipelineRun,
+) -> None:
+    ddb = client(pipeline.endpoint)
+    pointer = results.active_pointer(ddb, pipeline.table)
+    assert pointer is not None and pointer["run_id"] == pipeline.run_id
+    assert pipeline.state("Publish").output["publish"]["users_written"] == N_USERS
+    rows = list(results.all_recommendations(ddb, pipeline.table, str(pipeline.run_id)))
+    assert len(rows) == N_USERS
+    seen = _seen(pipeline)
+    for row in rows:
+        items = [i["item_id"] for i in row["items"]]
+        assert len(items) == OVERRIDES["publish.top_n"] == len(set(items))
+        assert not set(items) & seen[row["user_id"]], row["user_id"]
+        scores = [i["score"] for i in row["items"]]
+        assert scores == sorted(scores, reverse=True)
+    lock = results.lock_item(ddb, pipeline.table)
+    assert lock is None or lock.get("owner") != pipeline.run_id
+
+
+def test_the_cli_reads_the_published_version_and_the_run_record(pipeline: PipelineRun) -> None:
+    runner = CliRunner()
+    common = [
+        "--workdir",
+        str(pipeline.workdir),
+        "--dynamodb-endpoint",
+        pipeline.endpoint,
+        "--table",
+        pipeline.table,
+    ]
+    result = runner.invoke(app, ["recommend", "1", "--json", "--top", "3", *common])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert (row["user_id"], row["run_id"], len(row["items"])) == ("1", pipeline.run_id, 3)
+    status = runner.invoke(app, ["status", str(pipeline.run_id), "--workdir", str(pipeline.workdir)])
+    assert status.exit_code == 0
+    assert "SUCCEEDED" in status.output and "Batch transform [serve]" in status.output
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+class InjectedError(Exception):
+    pass
+
+
+def _raise(message: str) -> Any:
+    def handler(event: Any, context: Any) -> Any:
+        raise InjectedError(message)
+
+    return handler
+
+
+def _failing_job(message: str) -> Any:
+    def run(opt_ml: Path, **kwargs: Any) -> Any:
+        (opt_ml / "output" / "failure").write_text(f"ClientError: {message}")
+        raise SystemExit(1)
+
+    return run
+
+
+def _failing_transform(message: str) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError(message)
+
+    return run
+
+
+def _rejected_model(self: Any, parameters: Any) -> Any:
+    raise TaskFailure(
+        "SageMaker.AmazonSageMakerException", "injected: model rejected (Error Code: ValidationException)"
+    )
+
+
+FAILURES = [
+    ("Prepare", {"overrides": {"fm.num_factors": 0}}, None, "fm.num_factors"),
+    ("Process", {"bad_data": True}, None, "abc"),
+    ("Plan", {"lambda_overrides": {"Plan": _raise("injected plan error")}}, None, "injected plan error"),
+    (
+        "Train FM",
+        {},
+        ("recpipe.algorithms.fm", "run_training_job", _failing_job("injected fm failure")),
+        "injected fm failure",
+    ),
+    (
+        "Repackage",
+        {"lambda_overrides": {"Repackage": _raise("injected repackage error")}},
+        None,
+        "injected repackage error",
+    ),
+    (
+        "Train k-NN",
+        {},
+        ("recpipe.algorithms.knn", "run_training_job", _failing_job("injected knn failure")),
+        "injected knn failure",
+    ),
+    (
+        "Create model",
+        {},
+        ("recpipe.local.sagemaker.LocalSageMaker", "create_model", _rejected_model),
+        "model rejected",
+    ),
+    (
+        "Batch transform",
+        {},
+        ("recpipe.algorithms.knn", "run_transform", _failing_transform("injected transform")),
+        "injected transform",
+    ),
+    (
+        "Evaluate",
+        {"lambda_overrides": {"Evaluate": _raise("injected evaluate error")}},
+        None,
+        "injected evaluate error",
+    ),
+    (
+        "Publish",
+        {"lambda_overrides": {"Publish": _raise("injected publish error")}},
+        None,
+        "injected publish error",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "kwargs", "patch", "message"), FAILURES, ids=[f[0] for f in FAILURES])
+def test_a_failing_state_fails_the_run_releases_the_lock_and_keeps_the_active_version(
+    pipeline: PipelineRun,
+    run_pipeline: Runner,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    state: str,
+    kwargs: dict[str, Any],
+    patch: tuple[str, str, Any] | None,
+    message: str,
+) -> None:
+    assert pipeline.outcome.status == "SUCCEEDED"
+    if patch is not None:
+        target, attribute, replacement = patch
+        monkeypatch.setattr(f"{target}.{attribute}", replacement)
+    kwargs = dict(kwargs)
+    if kwargs.pop("bad_data", False):
+        kwargs["data"] = write_dataset(tmp_path / "bad", bad_rating_row=5)
+    failed = run_pipeline(**kwargs)
+    assert failed.outcome.status == "FAILED"
+    assert failed.outcome.cause is not None
+    assert failed.outcome.cause.startswith(f"{state} failed"), failed.outcome.cause
+    assert message in failed.outcome.cause
+    first_failure = failed.outcome.failed_state
+    assert first_failure is not None and first_failure.name == state
+    ddb = client(pipeline.endpoint)
+    lock = results.lock_item(ddb, pipeline.table)
+    assert lock is None or lock.get("owner") != failed.run_id
+    pointer = results.active_pointer(ddb, pipeline.table)
+    assert pointer is not None and pointer["run_id"] == pipeline.run_id
+    served = results.user_recommendations(ddb, pipeline.table, "1", str(pipeline.run_id))
+    assert served is not None and len(served["items"]) == OVERRIDES["publish.top_n"]
+
+
+def test_a_run_below_the_quality_gate_fails_clearly_and_publishes_nothing(
+    pipeline: PipelineRun, run_pipeline: Runner
+) -> None:
+    gated = run_pipeline(overrides={"evaluation.min_ndcg_at_10": 1.0})
+    assert gated.outcome.status == "FAILED"
+    assert "Quality gate not met" in [s.name for s in gated.outcome.states]
+    assert (gated.run_dir / "metrics.json").exists() or list(gated.run_dir.rglob("metrics.json"))
+    ddb = client(pipeline.endpoint)
+    pointer = results.active_pointer(ddb, pipeline.table)
+    assert pointer is not None and pointer["run_id"] == pipeline.run_id
+    lock = results.lock_item(ddb, pipeline.table)
+    assert lock is None or lock.get("owner") != gated.run_id
