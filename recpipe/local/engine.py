@@ -395,10 +395,18 @@ class LocalEngine:
         with contextlib.suppress(Exception):
             outcome = outcome_from(self.sfn.describe_execution(executionArn=arn), full_history(self.sfn, arn))
             run_id = run_id_of(outcome)
-            release = self.function_names.get("release")
+            release = next((v for k, v in self.function_names.items() if k.lower() == "release"), None)
             if run_id and release:
                 _, handler = self.lambdas.resolve(release)
                 handler({"run_id": run_id}, None)
+        with contextlib.suppress(Exception):
+            outcome = outcome_from(self.sfn.describe_execution(executionArn=arn), full_history(self.sfn, arn))
+            if outcome.status == "RUNNING":
+                outcome.status = "ABORTED"
+                outcome.error, outcome.cause = "Interrupted", "Stopped from the CLI (Ctrl-C)."
+                for state in outcome.states:
+                    if state.ended is None:
+                        state.status = "aborted"
             self.record(arn, outcome)
 
     def record(self, arn: str, outcome: ExecutionOutcome) -> dict[str, Any]:
