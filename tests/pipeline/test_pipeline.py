@@ -205,7 +205,7 @@ def _rejected_model(self: Any, parameters: Any) -> Any:
 
 FAILURES = [
     ("Prepare", {"overrides": {"fm.num_factors": 0}}, None, "fm.num_factors"),
-    ("Process", {"bad_data": True}, None, "abc"),
+    ("Process", {"bad_data": True}, None, "ratings.csv"),
     ("Plan", {"lambda_overrides": {"Plan": _raise("injected plan error")}}, None, "injected plan error"),
     (
         "Train FM",
