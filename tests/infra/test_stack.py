@@ -1,0 +1,418 @@
+"""Every property of the deployable stack, proved on the synthesized template (no AWS account)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from recpipe import config as cfg
+from recpipe import tables
+from tests.infra.cfn import Resolver, as_list, statements, substitute
+from tests.infra.conftest import ALERT_EMAIL, Synth
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTEXT: dict[str, Any] = json.loads((ROOT / "cdk.json").read_text())["context"]
+
+
+def _policies_of(synth: Synth, role_logical_id: str) -> list[dict[str, Any]]:
+    found = []
+    for resource in synth.of_type("AWS::IAM::Policy").values():
+        if {"Ref": role_logical_id} in resource["Properties"].get("Roles", []):
+            found.extend(statements(resource))
+    found.extend(statements(synth.resources[role_logical_id]))
+    return found
+
+
+def _role_assumed_by(synth: Synth, service: str) -> list[str]:
+    return [k for k, r in synth.of_type("AWS::IAM::Role").items()
+            if any(as_list(s["Principal"].get("Service")) == [service]
+                   for s in r["Properties"]["AssumeRolePolicyDocument"]["Statement"])]
+
+
+def _only_role(synth: Synth, service: str) -> str:
+    roles = _role_assumed_by(synth, service)
+    assert len(roles) == 1, roles
+    return roles[0]
+
+
+def _data_bucket(synth: Synth) -> str:
+    (logical,) = [k for k, r in synth.of_type("AWS::S3::Bucket").items()
+                  if "LoggingConfiguration" in r["Properties"]]
+    return logical
+
+
+def _functions(synth: Synth) -> dict[str, tuple[str, dict[str, Any]]]:
+    """handler -> (logical id, properties) of the pipeline's functions (not CDK's own)."""
+    return {r["Properties"]["Handler"]: (k, r["Properties"])
+            for k, r in synth.of_type("AWS::Lambda::Function").items()
+            if r["Properties"]["Handler"].startswith("lambdas.")}
+
+
+# --- data bucket -----------------------------------------------------------------------------------
+
+def test_data_bucket_is_encrypted_private_logged_and_tls_only(synth: Synth) -> None:
+    bucket = _data_bucket(synth)
+    props = synth.resources[bucket]["Properties"]
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    key = rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]["Fn::GetAtt"][0]
+    assert synth.resources[key]["Properties"]["EnableKeyRotation"] is True
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True}
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    log_bucket = props["LoggingConfiguration"]["DestinationBucketName"]["Ref"]
+    assert log_bucket != bucket
+    log_props = synth.resources[log_bucket]["Properties"]
+    assert log_props["PublicAccessBlockConfiguration"]["BlockPublicAcls"] is True
+    assert log_props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+        "ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"  # logs cannot go to SSE-KMS
+    for logical in (bucket, log_bucket):
+        policy = next(p for p in synth.of_type("AWS::S3::BucketPolicy").values()
+                      if p["Properties"]["Bucket"] == {"Ref": logical})
+        assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+                   for s in statements(policy)), logical
+
+
+def test_data_bucket_lifecycle_expires_runs_and_aborts_uploads(synth: Synth) -> None:
+    rules = {r["Id"]: r for r in
+             synth.resources[_data_bucket(synth)]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    runs = rules["ExpireRuns"]
+    assert runs["Prefix"] == "runs/"
+    assert runs["ExpirationInDays"] == CONTEXT["recpipe:runRetentionDays"]
+    assert rules["AbortIncompleteUploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    assert "Prefix" not in rules["AbortIncompleteUploads"]
+
+
+def test_processing_code_is_deployed_under_code_processing(synth: Synth) -> None:
+    from workflows.processing import code_files
+
+    _, deployment = synth.one("Custom::CDKBucketDeployment")
+    assert deployment["Properties"]["DestinationBucketKeyPrefix"] == "code/processing/"
+    assert deployment["Properties"]["Prune"] is True
+    staged = synth.stack.processing_code.staged
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == \
+        sorted(code_files())
+
+
+# --- results table -------------------------------------------------------------------------------
+
+def test_results_table_schema_recovery_encryption_ttl(synth: Synth) -> None:
+    _, table = synth.one("AWS::DynamoDB::Table")
+    props = table["Properties"]
+    expected = tables.create_table_kwargs(f"{CONTEXT['recpipe:namePrefix']}-results")
+    assert props["TableName"] == expected["TableName"]
+    assert props["KeySchema"] == expected["KeySchema"]
+    assert props["AttributeDefinitions"] == expected["AttributeDefinitions"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["TimeToLiveSpecification"] == {"AttributeName": tables.TTL_ATTRIBUTE, "Enabled": True}
+    assert table["DeletionPolicy"] == "Retain"
+
+
+# --- Lambdas -------------------------------------------------------------------------------------
+
+def test_one_function_per_definition_handler_with_layer_and_env(synth: Synth) -> None:
+    from workflows.definition import FUNCTIONS
+
+    functions = _functions(synth)
+    assert sorted(functions) == sorted(FUNCTIONS.values())
+    (layer,) = synth.of_type("AWS::Lambda::LayerVersion").keys() - {
+        k for k in synth.of_type("AWS::Lambda::LayerVersion") if "AwsCliLayer" in k}
+    code_keys = set()
+    for handler, (_, props) in functions.items():
+        assert props["Runtime"] == "python3.12", handler
+        assert props["Architectures"] == ["x86_64"]
+        assert props["Layers"] == [{"Ref": layer}]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        env = props["Environment"]["Variables"]
+        assert env[tables.TABLE_ENV] == {"Ref": synth.one("AWS::DynamoDB::Table")[0]}
+        assert env[tables.BUCKET_ENV] == {"Ref": _data_bucket(synth)}
+        code_keys.add(props["Code"]["S3Key"])
+    assert len(code_keys) == 1, "all functions share one code asset"
+
+
+@pytest.mark.parametrize("name", ["Repackage", "Publish"])
+def test_heavy_functions_are_sized_for_a_million_users(synth: Synth, name: str) -> None:
+    from workflows.definition import FUNCTIONS
+
+    _, props = _functions(synth)[FUNCTIONS[name]]
+    assert props["MemorySize"] >= 3008
+    assert props["Timeout"] == 900
+    assert props["EphemeralStorage"]["Size"] >= 4096
+
+
+def test_prepare_gets_the_deploy_time_defaults(synth: Synth) -> None:
+    from infra.functions import DEFAULTS_ENV as INFRA_DEFAULTS_ENV
+    from lambdas.prepare.prepare import DEFAULTS_ENV, deploy_defaults
+    from workflows.definition import FUNCTIONS
+
+    assert INFRA_DEFAULTS_ENV == DEFAULTS_ENV
+    _, props = _functions(synth)[FUNCTIONS["Prepare"]]
+    raw = props["Environment"]["Variables"][DEFAULTS_ENV]
+    assert deploy_defaults(raw) == cfg.validate(CONTEXT["recpipe:pipelineDefaults"])
+    assert json.loads(raw)["publish.top_n"] == CONTEXT["recpipe:pipelineDefaults"]["publish.top_n"]
+
+
+def test_function_roles_are_scoped(synth: Synth) -> None:
+    bucket = _data_bucket(synth)
+    for handler, (_, props) in _functions(synth).items():
+        role = props["Role"]["Fn::GetAtt"][0]
+        assert not synth.resources[role]["Properties"].get("ManagedPolicyArns"), handler
+        for statement in _policies_of(synth, role):
+            for resource in as_list(statement["Resource"]):
+                text = json.dumps(resource)
+                if bucket in text and "/" in text:  # object ARNs: a prefix, never the whole bucket
+                    assert any(f'"/{p}*"' in text for p in ("input/", "runs/")), (handler, text)
+
+
+# --- SageMaker execution role --------------------------------------------------------------------
+
+def test_sagemaker_role_is_least_privilege(synth: Synth) -> None:
+    role = _only_role(synth, "sagemaker.amazonaws.com")
+    assert not synth.resources[role]["Properties"].get("ManagedPolicyArns")
+    bucket = _data_bucket(synth)
+    resolve = Resolver(synth.template, region="eu-west-1")
+    reads, writes, actions = set(), set(), set()
+    for statement in _policies_of(synth, role):
+        assert statement["Effect"] == "Allow"
+        acts = set(as_list(statement["Action"]))
+        actions |= acts
+        assert not any(a.endswith(":*") or a == "*" for a in acts), acts
+        resources = [resolve(r) for r in as_list(statement["Resource"])]
+        if "s3:GetObject" in acts:
+            reads |= {r.removeprefix(f"arn:{bucket}:Arn") for r in resources}
+        if "s3:PutObject" in acts:
+            writes |= {r.removeprefix(f"arn:{bucket}:Arn") for r in resources}
+        if "s3:ListBucket" in acts:
+            assert statement["Condition"]["StringLike"]["s3:prefix"] == ["code/*", "input/*", "runs/*"]
+        if any(a.startswith("logs:") for a in acts):
+            assert all(":log-group:/aws/sagemaker/" in r for r in resources), resources
+        if "ecr:BatchGetImage" in acts:
+            assert sorted(resources) == sorted([
+                "arn:aws:ecr:eu-west-1:438346466558:repository/factorization-machines",
+                "arn:aws:ecr:eu-west-1:438346466558:repository/knn",
+                "arn:aws:ecr:eu-west-1:141502667606:repository/sagemaker-scikit-learn"])
+        if resources == ["*"]:
+            assert acts <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}, acts
+            if "cloudwatch:PutMetricData" in acts:
+                assert statement["Condition"] == {
+                    "StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}
+    assert reads == {"/input/*", "/code/*", "/runs/*"}
+    assert writes == {"/runs/*"}
+    assert not actions & {"s3:DeleteObject", "s3:PutBucketPolicy", "iam:PassRole"}
+
+
+# --- state machine -------------------------------------------------------------------------------
+
+def _state_machine(synth: Synth) -> tuple[str, dict[str, Any]]:
+    logical, resource = synth.one("AWS::StepFunctions::StateMachine")
+    return logical, resource["Properties"]
+
+
+def test_deployed_definition_is_the_workflow_asl_with_substitutions(synth: Synth) -> None:
+    from sagemaker import image_uris
+
+    from workflows.definition import FUNCTIONS, PLACEHOLDERS, definition_json
+
+    _, props = _state_machine(synth)
+    assert props["DefinitionString"] == definition_json()
+    assert set(props["DefinitionSubstitutions"]) == set(PLACEHOLDERS)
+
+    region = "eu-west-1"
+    resolve = Resolver(synth.template, region=region)
+    deployed = json.loads(substitute(props["DefinitionString"],
+                                     {k: resolve(v) for k, v in props["DefinitionSubstitutions"].items()}))
+    # Independently computed: the values each placeholder must take in eu-west-1.
+    functions = _functions(synth)
+    expected_values = {
+        "SageMakerRoleArn": f"arn:{_only_role(synth, 'sagemaker.amazonaws.com')}:Arn",
+        "DataBucket": f"ref:{_data_bucket(synth)}",
+        "FmImageUri": image_uris.retrieve("factorization-machines", region),
+        "KnnImageUri": image_uris.retrieve("knn", region),
+        "ProcessingImageUri": image_uris.retrieve("sklearn", region, version="1.4-2"),
+        **{f"{name}FunctionArn": f"arn:{functions[handler][0]}:Arn" for name, handler in FUNCTIONS.items()},
+    }
+    assert deployed == json.loads(substitute(definition_json(), expected_values))
+    assert "${" not in json.dumps(deployed)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "ap-southeast-2", "cn-north-1", "us-gov-west-1"])
+def test_image_uris_resolve_per_region_at_deploy_time(synth: Synth, region: str) -> None:
+    from sagemaker import image_uris
+
+    _, props = _state_machine(synth)
+    subs = props["DefinitionSubstitutions"]
+    assert "Fn::FindInMap" in json.dumps(subs["FmImageUri"])  # not resolved at synth time
+    resolve = Resolver(synth.template, region=region)
+    assert resolve(subs["FmImageUri"]) == image_uris.retrieve("factorization-machines", region)
+    assert resolve(subs["KnnImageUri"]) == image_uris.retrieve("knn", region)
+    assert resolve(subs["ProcessingImageUri"]) == image_uris.retrieve("sklearn", region, version="1.4-2")
+
+
+def test_state_machine_logs_all_and_traces(synth: Synth) -> None:
+    _, props = _state_machine(synth)
+    assert props["LoggingConfiguration"]["Level"] == "ALL"
+    assert props["LoggingConfiguration"]["IncludeExecutionData"] is True
+    assert props["TracingConfiguration"] == {"Enabled": True}
+    group = props["LoggingConfiguration"]["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"]
+    assert synth.resources[group["Fn::GetAtt"][0]]["Properties"]["RetentionInDays"] == \
+        CONTEXT["recpipe:logRetentionDays"]
+
+
+def test_state_machine_policy_is_exactly_what_the_integrations_need(synth: Synth) -> None:
+    _, props = _state_machine(synth)
+    role = props["RoleArn"]["Fn::GetAtt"][0]
+    resolve = Resolver(synth.template, region="eu-west-1")
+    granted: dict[str, set[str]] = {}
+    for statement in _policies_of(synth, role):
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            granted.setdefault(action, set()).update(resolve(r) for r in as_list(statement["Resource"]))
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012"
+    for kind, name in (("training-job", "TrainingJob"), ("processing-job", "ProcessingJob"),
+                       ("transform-job", "TransformJob")):
+        for verb in ("Create", "Describe", "Stop"):
+            assert granted.pop(f"sagemaker:{verb}{name}") == {f"{arn}:{kind}/recpipe-*"}
+    assert granted.pop("sagemaker:CreateModel") == {f"{arn}:model/recpipe-*"}
+    kinds = ("training-job", "processing-job", "transform-job", "model")
+    tagged = {f"{arn}:{kind}/recpipe-*" for kind in kinds}
+    assert granted.pop("sagemaker:AddTags") == tagged
+    assert granted.pop("sagemaker:ListTags") == tagged
+    assert granted.pop("iam:PassRole") == {f"arn:{_only_role(synth, 'sagemaker.amazonaws.com')}:Arn"}
+    rules = {f"arn:aws:events:eu-west-1:123456789012:rule/StepFunctionsGetEventsForSageMaker{k}JobsRule"
+             for k in ("Training", "Processing", "Transform")}
+    for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule"):
+        assert granted.pop(action) == rules
+    assert granted.pop("lambda:InvokeFunction") == {f"arn:{k}:Arn" for k, _ in _functions(synth).values()}
+    # What CDK adds for logging level ALL and X-Ray: actions without resource-level permissions.
+    for action, resources in granted.items():
+        assert action.startswith(("logs:", "xray:")), action
+        assert resources == {"*"}, action
+
+
+def test_pass_role_is_scoped_to_sagemaker(synth: Synth) -> None:
+    passes = [s for r in synth.of_type("AWS::IAM::Policy").values() for s in statements(r)
+              if "iam:PassRole" in as_list(s["Action"])]
+    assert len(passes) == 1
+    (statement,) = passes
+    assert as_list(statement["Action"]) == ["iam:PassRole"]
+    assert statement["Resource"] == {"Fn::GetAtt": [_only_role(synth, "sagemaker.amazonaws.com"), "Arn"]}
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+
+def test_no_wildcard_action_on_wildcard_resource(synth: Synth) -> None:
+    # Statements on "*" may only hold actions that support no resource-level permissions.
+    allowed_on_star = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", "xray:PutTraceSegments",
+                       "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
+                       "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+                       "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+                       "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"}
+    for logical, resource in synth.of_type("AWS::IAM::Policy").items():
+        for statement in statements(resource):
+            actions = as_list(statement["Action"])
+            assert not any(a == "*" or a.endswith(":*") for a in actions), (logical, actions)
+            if "*" in as_list(statement["Resource"]):
+                assert set(actions) <= allowed_on_star, (logical, actions)
+    for logical, role in synth.of_type("AWS::IAM::Role").items():
+        managed = json.dumps(role["Properties"].get("ManagedPolicyArns", []))
+        assert "FullAccess" not in managed and "AdministratorAccess" not in managed, logical
+
+
+# --- schedule and alerts --------------------------------------------------------------------------
+
+def test_schedule_starts_the_pipeline_on_the_configured_cron(synth: Synth) -> None:
+    machine, _ = _state_machine(synth)
+    _, schedule = synth.one("AWS::Scheduler::Schedule")
+    props = schedule["Properties"]
+    assert props["ScheduleExpression"] == CONTEXT["recpipe:scheduleExpression"]
+    assert props["ScheduleExpressionTimezone"] == CONTEXT["recpipe:scheduleTimeZone"]
+    assert props["State"] == ("ENABLED" if CONTEXT["recpipe:scheduleEnabled"] else "DISABLED")
+    assert props["Target"]["Arn"] == {"Ref": machine}
+    assert json.loads(props["Target"]["Input"]) == CONTEXT["recpipe:scheduleInput"]
+    role = props["Target"]["RoleArn"]["Fn::GetAtt"][0]
+    assert _policies_of(synth, role) == [
+        {"Action": "states:StartExecution", "Effect": "Allow", "Resource": {"Ref": machine}}]
+    trust = synth.resources[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_failed_executions_notify_the_encrypted_topic(synth: Synth) -> None:
+    machine, _ = _state_machine(synth)
+    topic, resource = synth.one("AWS::SNS::Topic")
+    key = resource["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0]
+    key_statements = synth.resources[key]["Properties"]["KeyPolicy"]["Statement"]
+    services = {svc for s in key_statements for svc in as_list(s["Principal"].get("Service", []))}
+    assert {"events.amazonaws.com", "cloudwatch.amazonaws.com"} <= services
+    synth.assertions.has_resource_properties("AWS::SNS::Subscription", {
+        "Protocol": "email", "Endpoint": ALERT_EMAIL, "TopicArn": {"Ref": topic}})
+    synth.assertions.has_resource_properties("AWS::Events::Rule", {
+        "EventPattern": {
+            "source": ["aws.states"],
+            "detail-type": ["Step Functions Execution Status Change"],
+            "detail": {"status": ["FAILED", "TIMED_OUT", "ABORTED"], "stateMachineArn": [{"Ref": machine}]},
+        },
+        "Targets": [Match.object_like({"Arn": {"Ref": topic}})],
+    })
+    synth.assertions.has_resource_properties("AWS::CloudWatch::Alarm", {
+        "Namespace": "AWS/States", "MetricName": "ExecutionsFailed",
+        "Dimensions": [{"Name": "StateMachineArn", "Value": {"Ref": machine}}],
+        "Threshold": 1, "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "AlarmActions": [{"Ref": topic}],
+    })
+    topic_policy = next(iter(synth.of_type("AWS::SNS::TopicPolicy").values()))
+    assert any(s["Effect"] == "Allow" and s["Principal"] == {"Service": "events.amazonaws.com"}
+               for s in statements(topic_policy))
+
+
+def test_outputs(synth: Synth) -> None:
+    outputs = synth.template["Outputs"]
+    assert outputs["BucketName"]["Value"] == {"Ref": _data_bucket(synth)}
+    assert outputs["TableName"]["Value"] == {"Ref": synth.one("AWS::DynamoDB::Table")[0]}
+    assert outputs["StateMachineArn"]["Value"] == {"Ref": _state_machine(synth)[0]}
+    assert outputs["AlertsTopicArn"]["Value"] == {"Ref": synth.one("AWS::SNS::Topic")[0]}
+
+
+def test_template_is_environment_agnostic(synth: Synth) -> None:
+    text = json.dumps(synth.template)
+    assert "us-east-1" not in json.dumps(synth.template["Resources"])
+    assert '"Ref": "AWS::Region"' in text
+
+
+# --- checkers ------------------------------------------------------------------------------------
+
+def test_cdk_nag_ran_and_passed(synth: Synth) -> None:
+    report = json.loads((synth.outdir / "validation-report.json").read_text())
+    (plugin,) = report["pluginReports"]
+    assert plugin["pluginName"] == "AwsSolutions"
+    assert plugin["conclusion"] == "success"
+    assert plugin["violations"] == []
+
+
+def test_every_acknowledgement_names_a_finding_and_a_reason(synth: Synth) -> None:
+    acks: dict[str, str] = {}
+    for node in synth.stack.node.find_all():
+        for entry in node.node.metadata:
+            if entry.type == "aws:cdk:acknowledged-rules":
+                acks.update(entry.data)
+    assert len(acks) >= 10
+    for finding, reason in acks.items():
+        assert finding.startswith("AwsSolutions::AwsSolutions-"), finding
+        assert len(reason.split()) >= 8, (finding, reason)
+    # The broadest acknowledgements are the expected ones, nothing else on "*".
+    on_star = {f for f in acks if f.endswith("[Resource::*]")}
+    assert on_star == {"AwsSolutions::AwsSolutions-IAM5[Resource::*]"}
+
+
+def test_cfn_lint_passes(synth: Synth) -> None:
+    from cfnlint.api import ManualArgs, lint_file
+
+    # W3005 (a DependsOn already implied by a GetAtt) is how CDK orders roles before functions.
+    matches = lint_file(synth.template_path,
+                        ManualArgs(regions=["us-east-1", "eu-west-1"], ignore_checks=["W3005"]))
+    assert not matches, "\n".join(str(m) for m in matches)
