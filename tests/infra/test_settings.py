@@ -1,0 +1,76 @@
+"""cdk.json context -> typed settings: defaults, command-line strings, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import zoneinfo
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.exceptions import SettingsError
+from infra.settings import CONTEXT_DEFAULTS, RecpipeSettings, settings_from_context
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cdk_json_documents_every_context_default() -> None:
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    recpipe_keys = {k: v for k, v in context.items() if k.startswith("recpipe:")}
+    assert recpipe_keys == CONTEXT_DEFAULTS
+
+
+def test_defaults() -> None:
+    settings = settings_from_context({})
+    assert settings.table_name == "recpipe-results"
+    assert settings.schedule.enabled is True
+    assert settings.schedule.expression == "cron(0 3 ? * SUN *)"
+    assert settings.schedule.input == {}
+    assert settings.alert_email is None
+    assert settings.pipeline_defaults["publish.top_n"] == 20
+    assert settings.bundle_dependencies is True
+
+
+def test_command_line_strings_are_parsed() -> None:
+    settings = settings_from_context({
+        "recpipe:scheduleEnabled": "false",
+        "recpipe:runRetentionDays": "30",
+        "recpipe:pipelineDefaults": '{"fm": {"num_factors": 32}, "publish.top_n": 50}',
+        "recpipe:scheduleInput": '{"data.prefix": "input/latest"}',
+        "recpipe:alertEmail": "ops@example.com",
+        "recpipe:scheduleTimeZone": "Europe/Paris",
+        "recpipe:bundleDependencies": "true",
+    })
+    assert settings == RecpipeSettings(
+        name_prefix="recpipe",
+        schedule=settings.schedule,
+        pipeline_defaults={"fm.num_factors": 32, "publish.top_n": 50},
+        alert_email="ops@example.com",
+        run_retention_days=30,
+    )
+    assert settings.schedule.enabled is False
+    assert settings.schedule.time_zone == "Europe/Paris"
+    assert settings.schedule.input == {"data.prefix": "input/latest"}
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("recpipe:pipelineDefaults", {"fm.num_factor": 8},
+     r"'recpipe:pipelineDefaults' is not a valid pipeline configuration: unknown key 'fm.num_factor' "
+     r"\(did you mean 'fm.num_factors'\?\)"),
+    ("recpipe:pipelineDefaults", {"publish.top_n": 0}, r"'publish.top_n' must be in \[1, 1000\], got 0"),
+    ("recpipe:scheduleInput", "{not json", r"'recpipe:scheduleInput' is not valid JSON"),
+    ("recpipe:scheduleInput", [1], r"'recpipe:scheduleInput' must be a JSON object"),
+    ("recpipe:scheduleExpression", "every sunday", r"'recpipe:scheduleExpression' must be an EventBridge"),
+    pytest.param("recpipe:scheduleTimeZone", "Mars/Olympus", r"'recpipe:scheduleTimeZone' must be an IANA",
+                 marks=pytest.mark.skipif(not zoneinfo.available_timezones(), reason="no tz database")),
+    ("recpipe:scheduleEnabled", "yes", r"'recpipe:scheduleEnabled' must be true or false; got 'yes'"),
+    ("recpipe:alertEmail", "not-an-address", r"'recpipe:alertEmail' must be an e-mail address"),
+    ("recpipe:logRetentionDays", 10, r"'recpipe:logRetentionDays' must be one of 1, 3, 5"),
+    ("recpipe:runRetentionDays", 0, r"'recpipe:runRetentionDays' must be >= 1; got 0"),
+    ("recpipe:namePrefix", "Recpipe_Prod", r"'recpipe:namePrefix' must be 2-32 characters"),
+    ("recpipe:scheduleExpresion", "cron(0 3 * * ? *)", r"Unknown context key\(s\) recpipe:scheduleExpresion"),
+])
+def test_bad_context_values_are_rejected_with_the_key(key: str, value: Any, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        settings_from_context({key: value})
