@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recpipe.algorithms.topk import default_threads, topk_inner_product  # noqa: E402
+from recpipe.algorithms.topk import default_threads, topk_inner_product
 
 
 def fm_like(n_users: int, n_items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
