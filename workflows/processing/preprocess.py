@@ -721,6 +721,14 @@ def _entity_rows(n: int, id_offset: int, feats: Features, feat_offset: int, dim:
 # ------------------------------------------------------------------------------------------------
 
 
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting (numpy's hash-based unique is several times slower on int64 keys)."""
+    ordered = np.sort(values)
+    if ordered.size == 0:
+        return ordered
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
+
+
 def _seen_matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
     order = np.argsort(users, kind="stable")
     indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))])
@@ -765,7 +773,7 @@ def sample_negatives(seen: sp.csr_matrix, wanted: np.ndarray,
             r = np.repeat(np.arange(hi - lo), pending)
             c = rng.integers(0, n_items, size=total)
             fresh = mask[r, c] == 0
-            keys = np.unique(r[fresh] * n_items + c[fresh])
+            keys = _sorted_unique(r[fresh] * n_items + c[fresh])
             r_ok, c_ok = keys // n_items, keys % n_items
             mask[r_ok, c_ok] = 2
             pending -= np.bincount(r_ok, minlength=hi - lo)
@@ -845,6 +853,18 @@ def _write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matr
         if fh is not None:
             fh.close()
     return n
+
+
+def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        pd.DataFrame(columns).to_csv(path, index=False)
+        return
+    with path.open("wb") as fh:  # pyarrow would quote the header names
+        fh.write((",".join(columns) + "\n").encode())
+        pacsv.write_csv(pa.table(columns), fh, pacsv.WriteOptions(include_header=False))
 
 
 def _write_ids(path: Path, ids: np.ndarray) -> None:
@@ -970,18 +990,18 @@ def run(opt_ml: Path) -> dict[str, Any]:
     _write_ids(meta / "item_ids.txt", prep.item_ids)
     sp.save_npz(meta / "user_rows.npz", user_rows)
     sp.save_npz(meta / "item_rows.npz", item_rows)
-    big = seen_all.nnz > 5_000_000
-    sp.save_npz(meta / "seen_train.npz", seen_train, compressed=not big)
-    sp.save_npz(meta / "seen_all.npz", seen_all, compressed=not big)
+    # Uncompressed: zlib would cost seconds per million interactions; load_npz reads both kinds.
+    sp.save_npz(meta / "seen_train.npz", seen_train, compressed=False)
+    sp.save_npz(meta / "seen_all.npz", seen_all, compressed=False)
     (meta / "features.json").write_text(json.dumps(
         {"user_features": user_feats.values, "item_features": item_feats.values}, indent=1), encoding="utf-8")
     if has_holdout:
         hold = prep.holdout
-        pd.DataFrame({
+        _write_csv(meta / "holdout.csv", {
             "user_index": prep.users[hold], "item_index": prep.items[hold],
             "rating": ratings[hold] if ratings is not None else np.ones(int(hold.sum())),
             "relevant": positive[hold].astype(np.int8),
-        }).to_csv(meta / "holdout.csv", index=False)
+        })
 
     manifest: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
