@@ -38,3 +38,10 @@ def test_substitutions_are_exactly_the_placeholders_used() -> None:
     assert select_substitutions(["B", "A", "B"], available) == {"B": "2", "A": "1"}
     with pytest.raises(WiringError, match=r"\$\{Missing\} that the stack does not provide; it provides: A"):
         select_substitutions(["A", "Missing"], available)
+
+
+def test_iam_job_prefix_is_the_one_job_names_use() -> None:
+    from infra.pipeline import JOB_PREFIX
+    from recpipe.runs import JOB_PREFIX as RUNS_JOB_PREFIX
+
+    assert JOB_PREFIX == RUNS_JOB_PREFIX
