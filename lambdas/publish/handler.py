@@ -7,12 +7,9 @@ import functools
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 
-from lambdas.publish.publish import PublishRequest, publish
+from lambdas.publish.publish import PublishRequest, logger, publish
 from recpipe import runs
-
-logger = Logger(service="recpipe-publish")
 
 
 @functools.cache

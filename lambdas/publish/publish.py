@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from aws_lambda_powertools import Logger
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from lambdas.publish.exceptions import PointerConflictError, VersionNotActivatableError
@@ -44,6 +45,7 @@ from recpipe.lambda_errors import InputError
 STATE_WRITING = "writing"
 STATE_COMPLETE = "complete"
 
+logger = Logger(service="recpipe-publish")
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -317,6 +319,9 @@ def publish(
         users_written += writer.write(
             user_rows(ranked, part.start, catalogue, request.run_id, generated_at, expires_at)
         )
+        logger.info("Shard written", extra={"key": part.key, "users": [part.start, part.stop],
+                                            "users_written": users_written, "calls": writer.calls,
+                                            "retries": writer.retries})
     _complete_version(dynamodb, table, request, users=users_written, topped_up=topped_up, now=now)
 
     if active_run == request.run_id:  # a re-run of the active version: the pointer already says so
