@@ -389,8 +389,13 @@ def predict_labels(neighbour_labels: F32, valid: npt.NDArray[np.bool_], predicto
 
 
 def _fmt(x: float) -> str:
-    # 9 significant digits round-trip float32 exactly; plain repr of the float64 would show noise
-    return f"{x:.9g}" if math.isfinite(x) else ("3.40282347e+38" if x > 0 else "-3.40282347e+38")
+    """A float32 as the service prints it: 9 significant digits (exact round trip), "7.0" not "7"."""
+    if math.isnan(x):
+        return "null"
+    if math.isinf(x):  # JSON has no infinities: faiss's float32 sentinels instead
+        return "3.40282347e+38" if x > 0 else "-3.40282347e+38"
+    text = f"{x:.9g}"
+    return text if any(c in text for c in ".e") else text + ".0"
 
 
 def _write_jsonlines(fileobj: IO[str], labels: F32, distances: F32, predicted: F32, verbose: bool) -> None:

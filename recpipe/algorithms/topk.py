@@ -290,6 +290,8 @@ def topk_inner_product(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}.")
     n_q, n_items = q.shape[0], x.shape[0]
+    if n_items >= 2**31:
+        raise ValueError(f"At most 2**31 - 1 items are supported, got {n_items}.")
     out_val = np.full((n_q, k), -np.inf, dtype=np.float32)
     out_idx = np.full((n_q, k), -1, dtype=np.int64)
     if n_q == 0 or n_items == 0:
