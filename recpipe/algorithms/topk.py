@@ -63,7 +63,11 @@ def _single_threaded_blas() -> Iterator[None]:
     order, hence the reference count.
     """
     global _blas_users, _blas_limiter
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # still correct, only slower: each BLAS call may spread over every core
+        yield
+        return
 
     with _blas_lock:
         if _blas_users == 0:
