@@ -103,23 +103,39 @@ def _varint_len(x: np.ndarray) -> np.ndarray:
 
 def _varint_block(x: np.ndarray, lens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Varints of ``x`` as an (n, width) uint8 block (bytes past each length are 0) and the lengths."""
-    x = np.asarray(x).astype(np.uint64, copy=False).reshape(-1)
-    if lens is None:
-        lens = _varint_len(x)
-    width = int(lens.max()) if x.size else 1
-    out = np.empty((x.size, width), dtype=np.uint8)
+    x = np.asarray(x).reshape(-1)
+    top = int(x.max()) if x.size else 0
+    # Work in the narrowest unsigned type (uint64 sign-extended int32 values need all 10 bytes).
+    work = x.astype(np.uint32 if top < 1 << 32 else np.uint64, copy=False)
+    width = 1
+    while width < 10 and top >= 1 << (7 * width):
+        width += 1
+    out = np.empty((width, x.size), dtype=np.uint8)
+    more = np.zeros(x.size, dtype=bool)
+    count = np.ones(x.size, dtype=np.int64)
+    seven = work.dtype.type(7)
+    low = work.dtype.type(0x7F)
+    part = work
     for j in range(width):
-        byte = ((x >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
-        byte[lens > j + 1] |= 0x80
-        out[:, j] = byte
-    return out, lens
+        np.bitwise_and(part, low, out=out[j], casting="unsafe")
+        if j + 1 < width:
+            part = part >> seven
+            np.not_equal(part, 0, out=more)
+            out[j] |= more.view(np.uint8) << np.uint8(7)
+            count += more
+    return out.T, count
 
 
 def _varint_stream(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All varints of ``x`` concatenated (uint8) and the byte length of each."""
     block, lens = _varint_block(x)
     mask = np.arange(block.shape[1]) < lens[:, None]
-    return block[mask], lens
+    return _compact(block, mask), lens
+
+
+def _compact(block: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``block[mask]`` (row-major), but fast: 2-D boolean indexing is ~10x slower than compress."""
+    return np.compress(mask.reshape(-1), block.reshape(-1))
 
 
 def _segment_sums(per_item: np.ndarray, indptr: np.ndarray) -> np.ndarray:
@@ -130,9 +146,16 @@ def _segment_sums(per_item: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------
 # writer
+#
+# A chunk of rows is laid out as an (n, W) byte matrix plus an (n, W) mask of the bytes in use:
+# row i holds record i's frame field by field (fixed-width slots, e.g. 3 bytes for a varint that
+# needs at most 3), and ``matrix[mask]`` (row-major compaction) is the file's bytes. The values and
+# keys take ``max nnz`` slots per row; when that wastes too much (very uneven rows) the chunk is
+# assembled from flat per-field streams with one gather instead.
 
 
 _Field = tuple[np.ndarray, np.ndarray]  # (n, width) uint8 block, per-row byte count
+_Piece = tuple[np.ndarray, np.ndarray]  # (n, width) uint8 block, (n, width) mask of used bytes
 
 
 def _const(n: int, data: bytes, present: np.ndarray | None = None) -> _Field:
@@ -150,14 +173,62 @@ def _var(x: np.ndarray, present: np.ndarray | None = None) -> _Field:
     return block, lens
 
 
+def _fields_piece(fields: Sequence[_Field]) -> _Piece:
+    block = np.concatenate([b for b, _ in fields], axis=1)
+    mask = np.concatenate([np.arange(b.shape[1]) < lens[:, None] for b, lens in fields], axis=1)
+    return block, mask
+
+
 def _pack(fields: Sequence[_Field]) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise concatenation of variable-length fields -> (byte stream, bytes per row)."""
-    blocks = [b for b, _ in fields]
-    masks = [np.arange(b.shape[1]) < lens[:, None] for b, lens in fields]
-    full = np.hstack(blocks)
-    mask = np.hstack(masks)
+    block, mask = _fields_piece(fields)
     total = np.sum(np.stack([lens for _, lens in fields], axis=1), axis=1)
-    return full[mask], total
+    return _compact(block, mask), total
+
+
+def _ragged_piece(valid: np.ndarray, elements: np.ndarray, varint: bool) -> _Piece:
+    """Per-element values of a CSR chunk placed into the max-nnz slots of each row, as bytes.
+
+    ``elements`` are little-endian scalars copied as they are, or unsigned ints written as varints.
+    """
+    n, slots = valid.shape
+    padded = np.zeros((n, slots), elements.dtype)
+    padded[valid] = elements
+    if not varint:
+        width = elements.dtype.itemsize
+        return padded.view(np.uint8).reshape(n, slots * width), np.repeat(valid, width, axis=1)
+    flat = padded.reshape(-1)
+    top = int(flat.max()) if flat.size else 0
+    if top < 1 << 56:
+        block, mask = _varint_words(flat, valid.reshape(-1), top)
+        width = block.shape[1]
+        return block.reshape(n, slots * width), mask.reshape(n, slots * width)
+    block_t, lens = _varint_block(flat)  # 10-byte varints (negative Int32 values): rare
+    width = block_t.shape[1]
+    mask = np.arange(width) < (lens * valid.reshape(-1))[:, None]
+    return np.ascontiguousarray(block_t).reshape(n, slots * width), mask.reshape(n, slots * width)
+
+
+def _varint_words(x: np.ndarray, present: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Varints of values < 2**56 built inside one little-endian uint32/uint64 word each.
+
+    Returns the (N, 4|8) byte block and the (N, 4|8) mask of bytes in use (none where not
+    ``present``). Word arithmetic keeps every operation contiguous.
+    """
+    word = np.dtype("<u4") if top < 1 << 28 else np.dtype("<u8")
+    t = word.type
+    x = x.astype(word, copy=False)
+    enc = x & t(0x7F)
+    used = present.astype(word)
+    j = 1
+    while j < word.itemsize and top >= 1 << (7 * j):
+        more = (x >= t(1 << (7 * j))).astype(word)
+        enc |= more << t(8 * j - 1)
+        enc |= ((x >> t(7 * j)) & t(0x7F)) << t(8 * j)
+        used |= more << t(8 * j)
+        j += 1
+    n = x.size
+    return enc.view(np.uint8).reshape(n, word.itemsize), used.view(np.bool_).reshape(n, word.itemsize)
 
 
 def _interleave(streams: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -191,18 +262,24 @@ class _Rows:
     label_type: str | None
 
 
-def _value_bytes(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
-    """Packed ``values`` payload: byte stream and bytes per row."""
+def _check_int32(ints: np.ndarray, what: str) -> None:
+    if ints.size and (ints.min() < -(2**31) or ints.max() >= 2**31):
+        raise RecordIOError(
+            f"Int32 tensor {what} must fit in int32, got values in [{ints.min()}, {ints.max()}]."
+        )
+
+
+def _value_elements(rows: _Rows) -> tuple[np.ndarray, bool, np.ndarray]:
+    """The values as little-endian scalars (or uint64 to write as varints: the flag) and the
+    packed payload bytes per row."""
     nnz = np.diff(rows.indptr)
     if rows.value_type == _F4:
-        return rows.values.astype("<f4", copy=False).reshape(-1).view(np.uint8), 4 * nnz
+        return rows.values.astype("<f4", copy=False).reshape(-1), False, 4 * nnz
     if rows.value_type == _F8:
-        return rows.values.astype("<f8", copy=False).reshape(-1).view(np.uint8), 8 * nnz
+        return rows.values.astype("<f8", copy=False).reshape(-1), False, 8 * nnz
     ints = rows.values.reshape(-1).astype(np.int64, copy=False)
-    if ints.size and (ints.min() < -(2**31) or ints.max() >= 2**31):
-        raise RecordIOError("Int32 tensor values must fit in int32.")
-    stream, lens = _varint_stream(ints.view(np.uint64))
-    return stream, _segment_sums(lens, rows.indptr)
+    _check_int32(ints, "values")
+    return ints.view(np.uint64), True, _segment_sums(_varint_len(ints.view(np.uint64)), rows.indptr)
 
 
 def _label_field(rows: _Rows) -> _Field:
@@ -212,18 +289,18 @@ def _label_field(rows: _Rows) -> _Field:
     assert labels is not None
     if rows.label_type == _F4:
         head = b"\x12\x12\x0a\x06values\x12\x08\x12\x06\x0a\x04"
-        tail = labels.astype("<f4").view(np.uint8).reshape(n, 4)
+        tail = labels.astype("<f4").reshape(n, 1).view(np.uint8)
         return np.hstack([_const(n, head)[0], tail]), np.full(n, len(head) + 4, dtype=np.int64)
     if rows.label_type == _F8:
         head = b"\x12\x16\x0a\x06values\x12\x0c\x1a\x0a\x0a\x08"
-        tail = labels.astype("<f8").view(np.uint8).reshape(n, 8)
+        tail = labels.astype("<f8").reshape(n, 1).view(np.uint8)
         return np.hstack([_const(n, head)[0], tail]), np.full(n, len(head) + 8, dtype=np.int64)
     ints = labels.astype(np.int64)
-    if ints.size and (ints.min() < -(2**31) or ints.max() >= 2**31):
-        raise RecordIOError("Int32 labels must fit in int32.")
+    _check_int32(ints, "labels")
     u = ints.view(np.uint64)
     lv = _varint_len(u)
-    stream, total = _pack(
+    # field 2 { entry { key "values", value { int32_tensor { values [label] } } } }
+    return _fields_piece_as_field(
         [
             _const(n, b"\x12"),
             _var(14 + lv),
@@ -236,82 +313,111 @@ def _label_field(rows: _Rows) -> _Field:
             _var(u),
         ]
     )
-    block = np.zeros((n, int(total.max()) if n else 0), np.uint8)
+
+
+def _fields_piece_as_field(fields: Sequence[_Field]) -> _Field:
+    stream, total = _pack(fields)
+    block = np.zeros((total.size, int(total.max()) if total.size else 0), np.uint8)
     block[np.arange(block.shape[1]) < total[:, None]] = stream
     return block, total
 
 
-def _layout(rows: _Rows) -> dict[str, np.ndarray]:
+@dataclass
+class _Layout:
+    nnz: np.ndarray
+    has: np.ndarray  # 1 where the row has values (else the packed fields are omitted)
+    value_elements: np.ndarray
+    value_varint: bool
+    vb: np.ndarray  # bytes of packed values per row
+    keys: np.ndarray | None  # uint64
+    kb: np.ndarray  # bytes of packed keys per row
+    tensor: np.ndarray  # length of the tensor message
+    value: np.ndarray  # length of the Value message
+    entry: np.ndarray  # length of the features map entry
+    record: np.ndarray  # length of the Record
+    frame: np.ndarray  # header + record + padding
+    label: _Field | None
+
+
+def _layout(rows: _Rows) -> _Layout:
     """Per-row lengths of the nested messages and of the whole frame."""
     nnz = np.diff(rows.indptr)
     has = (nnz > 0).astype(np.int64)
-    sparse = rows.keys is not None
-    vstream, vb = _value_bytes(rows)
+    velems, vvarint, vb = _value_elements(rows)
     tensor = has * (1 + _varint_len(vb) + vb)
-    if sparse:
-        assert rows.keys is not None
-        kstream, klens = _varint_stream(rows.keys)
-        kb = _segment_sums(klens, rows.indptr)
+    keys = None
+    kb = np.zeros_like(nnz)
+    if rows.keys is not None:
+        keys = rows.keys.astype(np.uint64)
+        kb = _segment_sums(_varint_len(keys), rows.indptr)
         slen = int(_varint_len(np.array([rows.n_cols]))[0])
         tensor = tensor + has * (1 + _varint_len(kb) + kb) + (2 + slen)
-    else:
-        kstream, kb = np.empty(0, np.uint8), np.zeros_like(nnz)
     value = 1 + _varint_len(tensor) + tensor
     entry = 9 + _varint_len(value) + value
-    features = 1 + _varint_len(entry) + entry
+    record = 1 + _varint_len(entry) + entry
+    label = None
     if rows.labels is not None:
-        label_block = _label_field(rows)
-        record = features + label_block[1]
-    else:
-        label_block = (np.zeros((nnz.size, 0), np.uint8), np.zeros_like(nnz))
-        record = features
+        label = _label_field(rows)
+        record = record + label[1]
     frame = 8 + ((record + 3) & ~3)
-    return {
-        "nnz": nnz,
-        "has": has,
-        "vstream": vstream,
-        "vb": vb,
-        "kstream": kstream,
-        "kb": kb,
-        "tensor": tensor,
-        "value": value,
-        "entry": entry,
-        "record": record,
-        "frame": frame,
-        "label_block": label_block,  # type: ignore[dict-item]
-    }
+    return _Layout(nnz, has, velems, vvarint, vb, keys, kb, tensor, value, entry, record, frame, label)
 
 
 def _encode(rows: _Rows) -> np.ndarray:
     n = rows.indptr.size - 1
     lay = _layout(rows)
-    has, record = lay["has"], lay["record"]
-    head = _pack(
+    has, record = lay.has, lay.record
+    head = _fields_piece(
         [
             _const(n, _MAGIC_BYTES),
-            (record.astype("<u4").view(np.uint8).reshape(n, 4), np.full(n, 4, np.int64)),
+            (record.astype("<u4").reshape(n, 1).view(np.uint8), np.full(n, 4, np.int64)),
             _const(n, b"\x0a"),
-            _var(lay["entry"]),
+            _var(lay.entry),
             _const(n, b"\x0a\x06values\x12"),
-            _var(lay["value"]),
+            _var(lay.value),
             _const(n, bytes([(_TENSOR_FIELD[rows.value_type] << 3) | 2])),
-            _var(lay["tensor"]),
+            _var(lay.tensor),
             _const(n, b"\x0a", has),
-            _var(lay["vb"], has),
+            _var(lay.vb, has),
         ]
     )
-    pad = (-record) % 4
     tail_fields: list[_Field] = []
-    streams = [head, (lay["vstream"], lay["vb"])]
+    khead = None
     if rows.keys is not None:
-        streams.append(_pack([_const(n, b"\x12", has), _var(lay["kb"], has)]))
-        streams.append((lay["kstream"], lay["kb"]))
+        khead = _fields_piece([_const(n, b"\x12", has), _var(lay.kb, has)])
         shape = _varint_block(np.array([rows.n_cols]))[0].tobytes()
         tail_fields.append(_const(n, b"\x1a" + bytes([len(shape)]) + shape))
-    tail_fields.append(lay["label_block"])  # type: ignore[arg-type]
-    tail_fields.append((np.zeros((n, 3), np.uint8), pad))
-    streams.append(_pack(tail_fields))
+    if lay.label is not None:
+        tail_fields.append(lay.label)
+    tail_fields.append((np.zeros((n, 3), np.uint8), (-record) % 4))
+    tail = _fields_piece(tail_fields)
+
+    total = int(lay.nnz.sum())
+    slots = int(lay.nnz.max()) if n else 0
+    if n * slots <= 2 * total + 4 * n:
+        valid = np.arange(slots) < lay.nnz[:, None]
+        pieces = [head, _ragged_piece(valid, lay.value_elements, lay.value_varint)]
+        if khead is not None:
+            assert lay.keys is not None
+            pieces += [khead, _ragged_piece(valid, lay.keys, True)]
+        pieces.append(tail)
+        block = np.concatenate([b for b, _ in pieces], axis=1)
+        mask = np.concatenate([m for _, m in pieces], axis=1)
+        return _compact(block, mask)
+
+    def stream(elements: np.ndarray, varint: bool) -> np.ndarray:
+        return _varint_stream(elements)[0] if varint else elements.view(np.uint8)
+
+    def flat(piece: _Piece) -> tuple[np.ndarray, np.ndarray]:
+        return _compact(*piece), piece[1].sum(axis=1)
+
+    streams = [flat(head), (stream(lay.value_elements, lay.value_varint), lay.vb)]
+    if khead is not None:
+        assert lay.keys is not None
+        streams += [flat(khead), (stream(lay.keys, True), lay.kb)]
+    streams.append(flat(tail))
     return _interleave(streams)
+
 
 
 _CHUNK_ROWS = 1 << 16
@@ -396,7 +502,7 @@ def _write_rows(fileobj: IO[bytes], rows: _Rows) -> None:
 
 
 def _frame_sizes(rows: _Rows) -> np.ndarray:
-    sizes = [_layout(_slice(rows, a, b))["frame"] for a, b in _chunks(rows.indptr)]
+    sizes = [_layout(_slice(rows, a, b)).frame for a, b in _chunks(rows.indptr)]
     return np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
 
 
@@ -582,7 +688,25 @@ class _Parsed:
     labels: np.ndarray | None
 
 
-def _gather(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+_WINDOW_PAD = 1024  # zero bytes after the data, so fixed-width windows stay in bounds
+
+
+def _windows(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray | None:
+    """Rows of ``max(lens)`` bytes starting at each start (one index per row, not per byte), or
+    None when that would copy more than about twice the bytes needed (uneven lengths)."""
+    width = int(lens.max()) if lens.size else 0
+    if width == 0 or int(starts.max()) + width > buf.size:
+        return None
+    if width * lens.size > 2 * int(lens.sum()) + 64 * lens.size:
+        return None
+    return np.lib.stride_tricks.sliding_window_view(buf, width)[starts]
+
+
+def _segments(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of buf[starts[i] : starts[i] + lens[i]]."""
+    windows = _windows(buf, starts, lens)
+    if windows is not None:
+        return _compact(windows, np.arange(windows.shape[1]) < lens[:, None])
     out_start = np.cumsum(lens) - lens
     idx = np.repeat(starts - out_start, lens)
     idx += np.arange(idx.size, dtype=np.int64)
@@ -594,50 +718,71 @@ def _decode_varint_stream(stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ends = np.flatnonzero(stream < 0x80)
     if ends.size == 0:
         return np.zeros(0, np.uint64), ends
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    if np.max(ends - starts) >= 10:
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lens = ends - starts + 1
+    longest = int(lens.max())
+    if longest > 10:
         raise ValueError("varint longer than 10 bytes")
-    pos = np.arange(stream.size, dtype=np.int64) - np.repeat(starts, ends - starts + 1)
-    parts = (stream & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
-    return np.add.reduceat(parts, starts), ends
+    values = (stream[starts] & 0x7F).astype(np.uint64)
+    for j in range(1, longest):
+        byte = (stream[np.minimum(starts + j, stream.size - 1)] & 0x7F).astype(np.uint64)
+        byte[lens <= j] = 0
+        values |= byte << np.uint64(7 * j)
+    return values, ends
 
 
 class _Cursor:
-    """Vectorised varint/tag reading at one position per record."""
+    """Vectorised varint/tag reading at one position per record (``buf`` ends in zero padding)."""
 
     def __init__(self, buf: np.ndarray, pos: np.ndarray, end: np.ndarray) -> None:
-        self.buf = np.concatenate([buf, np.zeros(16, np.uint8)])
+        self.buf = buf
+        self.win = np.lib.stride_tricks.sliding_window_view(buf, 10)
+        self.limit = buf.size - _WINDOW_PAD
         self.pos = pos.copy()
         self.end = end
         self.ok = np.ones(pos.size, dtype=bool)
 
-    def byte_is(self, value: int, where: np.ndarray | None = None) -> np.ndarray:
-        hit = (self.pos < self.end) & (self.buf[np.minimum(self.pos, self.buf.size - 1)] == value)
-        return hit if where is None else hit & where
+    def window(self) -> np.ndarray:
+        return self.win[np.minimum(self.pos, self.limit)]
+
+    def byte_is(self, value: int) -> np.ndarray:
+        return (self.pos < self.end) & (self.buf[np.minimum(self.pos, self.limit)] == value)
 
     def expect(self, data: bytes) -> None:
-        window = self.buf[self.pos[:, None] + np.arange(len(data))]
-        self.ok &= np.all(window == np.frombuffer(data, np.uint8), axis=1)
+        if len(data) <= 10:
+            window = self.window()[:, : len(data)]
+        else:
+            windows = np.lib.stride_tricks.sliding_window_view(self.buf, len(data))
+            window = windows[np.minimum(self.pos, self.limit)]
+        self.ok &= (window == np.frombuffer(data, np.uint8)).all(axis=1)
         self.ok &= self.pos + len(data) <= self.end
         self.pos += len(data)
 
     def varint(self, where: np.ndarray | None = None) -> np.ndarray:
         """Read a varint at pos (only where ``where``); returns its value (0 elsewhere)."""
-        window = self.buf[np.minimum(self.pos, self.buf.size - 10)[:, None] + np.arange(10)]
+        window = self.window()
         stop = window < 0x80
         length = np.argmax(stop, axis=1) + 1
         valid = stop.any(axis=1) & (self.pos + length <= self.end)
-        shifts = (7 * np.arange(10)).astype(np.uint64)
-        parts = (window & 0x7F).astype(np.uint64) << shifts
-        parts[np.arange(10)[None, :] >= length[:, None]] = 0
-        value = parts.sum(axis=1, dtype=np.uint64)
+        value = (window[:, 0] & 0x7F).astype(np.int64)
+        longest = int(length.max()) if length.size else 0
+        for j in range(1, min(longest, 9)):
+            byte = (window[:, j] & 0x7F).astype(np.int64)
+            byte[length <= j] = 0
+            value |= byte << (7 * j)
+        valid &= length <= 9  # lengths here are < 2**63
         if where is None:
             self.ok &= valid
             self.pos += length
-            return value.astype(np.int64)
+            return value
         self.ok &= valid | ~where
         self.pos += np.where(where, length, 0)
-        return np.where(where, value, 0).astype(np.int64)
+        return np.where(where, value, 0)
+
+
+_READ_CHUNK = 1 << 15
 
 
 def _parse_fast(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parsed | None:
@@ -647,6 +792,42 @@ def _parse_fast(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parse
     """
     if starts.size == 0:
         return _Parsed(np.zeros(0, np.int64), np.zeros(0, np.float32), None, None, None)
+    padded = np.concatenate([buf, np.zeros(_WINDOW_PAD, np.uint8)])
+    parts: list[_Parsed] = []
+    for lo in range(0, starts.size, _READ_CHUNK):
+        part = _parse_fast_chunk(padded, starts[lo : lo + _READ_CHUNK], lens[lo : lo + _READ_CHUNK])
+        if part is None:
+            return None
+        parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
+    shapes = {p.n_cols for p in parts if p.n_cols is not None}
+    if len(shapes) > 1:
+        return None
+    with_labels = [p.labels is not None for p in parts]
+    if any(with_labels) and not all(with_labels):
+        return None
+    any_keys = any(p.keys is not None for p in parts)
+    keys = None
+    if any_keys:
+        keys = np.concatenate([p.keys if p.keys is not None else _local_columns(p.counts) for p in parts])
+    return _Parsed(
+        counts=np.concatenate([p.counts for p in parts]),
+        values=np.concatenate([p.values for p in parts]),
+        keys=keys,
+        n_cols=shapes.pop() if shapes else None,
+        labels=np.concatenate([p.labels for p in parts]) if all(with_labels) else None,  # type: ignore[misc]
+    )
+
+
+def _local_columns(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ..., counts[i] - 1 for each record (the columns of dense records)."""
+    total = int(counts.sum())
+    local = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return local.astype(np.uint64)
+
+
+def _parse_fast_chunk(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parsed | None:
     if int(lens.max()) >= 1 << 31:
         return None
     end = starts + lens
@@ -693,10 +874,10 @@ def _parse_fast(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parse
         return None
 
     counts = vb // 4
-    values = _gather(buf, vstart, vb).view("<f4")
+    values = _segments(buf, vstart, vb).view("<f4")
     labels = None
     if has_label.any():
-        labels = _gather(buf, label_pos, np.full(label_pos.size, 4, np.int64)).view("<f4")
+        labels = np.lib.stride_tricks.sliding_window_view(buf, 4)[label_pos].reshape(-1).view("<f4")
 
     n_cols: int | None = None
     if has_shape.any():
@@ -711,7 +892,7 @@ def _parse_fast(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parse
 
     keys: np.ndarray | None = None
     if has_keys.any():
-        kstream = _gather(buf, kstart, kb)
+        kstream = _segments(buf, kstart, kb)
         if kstream.size and kstream[-1] >= 0x80:
             return None
         try:
@@ -720,14 +901,15 @@ def _parse_fast(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parse
             return None
         # Number of keys in each record: terminators inside its segment; segments must end on one.
         seg_end = np.cumsum(kb)
-        nk = np.diff(np.concatenate([[0], np.searchsorted(key_ends, seg_end, side="left")]))
-        last_ok = (kb == 0) | np.isin(seg_end - 1, key_ends)
-        if not last_ok.all() or not np.array_equal(nk[has_keys], counts[has_keys]):
+        nk = np.diff(np.searchsorted(key_ends, seg_end, side="left"), prepend=0)
+        ended = np.zeros(kstream.size + 1, dtype=bool)
+        ended[key_ends + 1] = True
+        ended[0] = True
+        if not ended[seg_end].all() or not np.array_equal(nk[has_keys], counts[has_keys]):
             return None
         if (has_values & ~has_keys).any():
             keyed = np.repeat(has_keys, counts)
-            local = np.arange(values.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-            keys = local.astype(np.uint64)
+            keys = _local_columns(counts)
             keys[keyed] = decoded
         else:
             keys = decoded
