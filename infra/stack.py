@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import Annotations, CfnOutput, Stack
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
@@ -96,6 +96,11 @@ class RecpipeStack(Stack):
             pipeline_defaults=settings.pipeline_defaults,
             log_retention=retention,
         )
+        if not settings.bundle_dependencies:
+            Annotations.of(self.functions.layer).add_warning_v2(
+                "recpipe:placeholderLayer",
+                "recpipe:bundleDependencies is false: the Lambda layer is a placeholder without numpy/scipy. "
+                "Fine for tests; never deploy this assembly.")
         self.sagemaker = SageMakerExecutionRole(self, "SageMaker", data=self.data, images=self.images)
 
         available = {
