@@ -113,8 +113,8 @@ def _varint_block(x: np.ndarray, lens: np.ndarray | None = None) -> tuple[np.nda
     out = np.empty((width, x.size), dtype=np.uint8)
     more = np.zeros(x.size, dtype=bool)
     count = np.ones(x.size, dtype=np.int64)
-    seven = work.dtype.type(7)
-    low = work.dtype.type(0x7F)
+    seven: Any = work.dtype.type(7)
+    low: Any = work.dtype.type(0x7F)
     part = work
     for j in range(width):
         np.bitwise_and(part, low, out=out[j], casting="unsafe")
@@ -216,10 +216,10 @@ def _varint_words(x: np.ndarray, present: np.ndarray, top: int) -> tuple[np.ndar
     ``present``). Word arithmetic keeps every operation contiguous.
     """
     word = np.dtype("<u4") if top < 1 << 28 else np.dtype("<u8")
-    t = word.type
+    t: Any = word.type
     x = x.astype(word, copy=False)
-    enc = x & t(0x7F)
-    used = present.astype(word)
+    enc: Any = x & t(0x7F)
+    used: Any = present.astype(word)
     j = 1
     while j < word.itemsize and top >= 1 << (7 * j):
         more = (x >= t(1 << (7 * j))).astype(word)
