@@ -98,10 +98,11 @@ class ExecutionOutcome:
 
     @property
     def failed_state(self) -> StateRun | None:
-        """The state whose failure ended the execution (the first uncaught failure, else the first)."""
+        """Where the failure started: the first failed Task/Choice/Pass (not the Fail states and Map
+        containers it propagated through); else the first Fail state (e.g. a quality gate)."""
         failed = [s for s in self.states if s.status == "failed"]
-        uncaught = [s for s in failed if not s.caught]
-        chosen = uncaught or failed
+        origins = [s for s in failed if s.type not in ("Fail", "Map", "Parallel")]
+        chosen = origins or failed
         return chosen[0] if chosen else None
 
 
