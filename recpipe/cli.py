@@ -99,11 +99,20 @@ class RunDisplay:
             done = run.ended is not None
             self.states.update(task, description=line, completed=1 if done else 0)
 
+    @staticmethod
+    def job_label(job_name: str) -> str:
+        """``recpipe-<run>-serve-fm`` -> ``FM epochs [serve]``."""
+        parts = job_name.split("-")
+        if len(parts) >= 3 and parts[-1] == "fm":
+            return f"FM epochs [{parts[-2]}]"
+        return f"{job_name} epochs"
+
     def epoch(self, job_name: str, epoch: int, total: int | None, metrics: Mapping[str, float]) -> None:
-        metric = "  ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:2])
+        chosen = sorted(metrics.items(), key=lambda kv: (not kv[0].startswith("test:"), kv[0]))[:1]
+        metric = "  ".join(f"{k.replace('binary_classification_', '')}={v:.4f}" for k, v in chosen)
         task = self._epoch_tasks.get(job_name)
         if task is None:
-            task = self.epochs.add_task(escape(f"{job_name} epochs"), total=total, metric=metric)
+            task = self.epochs.add_task(escape(self.job_label(job_name)), total=total, metric=metric)
             self._epoch_tasks[job_name] = task
         self.epochs.update(task, completed=epoch, total=total, metric=metric)
 
