@@ -378,13 +378,20 @@ def predict_labels(neighbour_labels: F32, valid: npt.NDArray[np.bool_], predicto
         np.divide(sums, counts, out=sums, where=counts > 0)
         out[counts > 0] = sums[counts > 0]
         return out
-    for r in range(n):
+    # Rows whose labels are all distinct (item indices, as in the pipeline) predict their nearest
+    # neighbour's label: found with array operations; only rows with repeats need a count.
+    masked = np.where(valid, neighbour_labels, np.nan)
+    ordered = np.sort(masked, axis=1)
+    repeats = np.any(ordered[:, 1:] == ordered[:, :-1], axis=1)  # NaN (padding) never equals
+    has_any = valid.any(axis=1)
+    first = np.argmax(valid, axis=1)
+    simple = has_any & ~repeats
+    out[simple] = neighbour_labels[simple, first[simple]]
+    for r in np.flatnonzero(repeats):
         row = neighbour_labels[r][valid[r]]
-        if row.size == 0:
-            continue
-        values, first, counts = np.unique(row, return_index=True, return_counts=True)
+        values, first_at, counts = np.unique(row, return_index=True, return_counts=True)
         best = counts.max()
-        out[r] = values[first == first[counts == best].min()][0]
+        out[r] = values[first_at == first_at[counts == best].min()][0]
     return out
 
 
@@ -398,29 +405,38 @@ def _fmt(x: float) -> str:
     return text if any(c in text for c in ".e") else text + ".0"
 
 
+def _row_texts(values: F32) -> list[str]:
+    """Each row's numbers as ``_fmt`` prints them, joined by ", " (fast paths for the common cases)."""
+    if not np.isfinite(values).all():
+        return [", ".join(map(_fmt, row)) for row in values.tolist()]
+    if np.array_equal(values, np.round(values)) and (values.size == 0 or np.abs(values).max() < 2**53):
+        return [".0, ".join(map(str, row)) + ".0" if row else "" for row in values.astype(np.int64).tolist()]
+    fmt = "{:.9g}".format
+    texts = []
+    for row in values.tolist():
+        parts = [fmt(v) for v in row]
+        texts.append(", ".join([t if ("." in t or "e" in t) else t + ".0" for t in parts]))
+    return texts
+
+
 def _write_jsonlines(fileobj: IO[str], labels: F32, distances: F32, predicted: F32, verbose: bool) -> None:
-    for r in range(labels.shape[0]):
-        p = _fmt(float(predicted[r]))
-        if not verbose:
-            fileobj.write(f'{{"predicted_label": {p}}}\n')
-            continue
-        lab = ", ".join(_fmt(float(v)) for v in labels[r])
-        dist = ", ".join(_fmt(float(v)) for v in distances[r])
-        fileobj.write(f'{{"predicted_label": {p}, "labels": [{lab}], "distances": [{dist}]}}\n')
+    if not verbose:
+        for p in predicted.tolist():
+            fileobj.write(f'{{"predicted_label": {_fmt(p)}}}\n')
+        return
+    for p, lab, dist in zip(predicted.tolist(), _row_texts(labels), _row_texts(distances), strict=True):
+        fileobj.write(f'{{"predicted_label": {_fmt(p)}, "labels": [{lab}], "distances": [{dist}]}}\n')
 
 
 def _write_json(fileobj: IO[str], labels: F32, distances: F32, predicted: F32, verbose: bool) -> None:
     fileobj.write('{"predictions": [')
-    for r in range(labels.shape[0]):
-        if r:
-            fileobj.write(", ")
-        p = _fmt(float(predicted[r]))
-        if verbose:
-            lab = ", ".join(_fmt(float(v)) for v in labels[r])
-            dist = ", ".join(_fmt(float(v)) for v in distances[r])
-            fileobj.write(f'{{"predicted_label": {p}, "distances": [{dist}], "labels": [{lab}]}}')
-        else:
-            fileobj.write(f'{{"predicted_label": {p}}}')
+    if verbose:
+        rows = zip(predicted.tolist(), _row_texts(labels), _row_texts(distances), strict=True)
+        for r, (p, lab, dist) in enumerate(rows):
+            sep = ", " if r else ""
+            fileobj.write(f'{sep}{{"predicted_label": {_fmt(p)}, "distances": [{dist}], "labels": [{lab}]}}')
+    else:
+        fileobj.write(", ".join(f'{{"predicted_label": {_fmt(p)}}}' for p in predicted.tolist()))
     fileobj.write("]}\n")
 
 

@@ -155,11 +155,17 @@ def test_ivfpq_pads_to_a_multiple_of_m(tmp_path: Path, data: tuple[np.ndarray, .
 
 
 def test_predicted_label_majority_and_mean() -> None:
-    labels = np.array([[3, 1, 1, 3, 2], [5, 4, 4, 5, 6], [9, -1, -1, -1, -1]], np.float32)
+    labels = np.array([[3, 1, 1, 3, 2], [5, 4, 4, 5, 6], [9, -1, -1, -1, -1], [7, 2, 2, 2, 8],
+                       [4, 3, 2, 1, 0], [-1, -1, -1, -1, -1]], np.float32)
     valid = labels >= 0
-    # row 0: 1 and 3 tie (2 each); 3 comes first (nearest), so 3 wins; row 1: 5 wins likewise
-    np.testing.assert_array_equal(knn.predict_labels(labels, valid, "classifier"), [3, 5, 9])
-    np.testing.assert_allclose(knn.predict_labels(labels, valid, "regressor"), [2.0, 4.8, 9.0])
+    # row 0: 1 and 3 tie (2 each); 3 comes first (nearest), so 3 wins; row 1: 5 wins likewise;
+    # row 3: 2 is the majority; row 4: all distinct, the nearest wins; row 5: no neighbour
+    got = knn.predict_labels(labels, valid, "classifier")
+    np.testing.assert_array_equal(got[:5], [3, 5, 9, 2, 4])
+    assert np.isnan(got[5])
+    got = knn.predict_labels(labels, valid, "regressor")
+    np.testing.assert_allclose(got[:5], [2.0, 4.8, 9.0, 4.2, 2.0])
+    assert np.isnan(got[5])
 
 
 def test_fewer_vectors_than_k_pads_like_faiss(tmp_path: Path) -> None:
