@@ -1,4 +1,16 @@
-"""Release Lambda: ``{"run_id"}`` -> ``{"released": bool}``."""
+"""Release Lambda: give the run lock back.
+
+Two callers:
+
+* the state machine's Release states (success and failure paths): ``{"run_id": str}``;
+* the ``LockCleanup`` EventBridge rule (``infra/lock_cleanup.py``): a "Step Functions Execution
+  Status Change" event of an execution that was stopped (``ABORTED``) or ``TIMED_OUT``. Such an
+  execution skips its Catch, so nothing else would release its lock before it expires (48 h).
+  The run id is derived from the execution name the way Prepare derived it.
+
+Either way the lock goes only if that run owns it. Returns ``{"released": bool}`` (plus
+``"ignored": true`` for a status-change event of another status, which the rule does not send).
+"""
 
 from __future__ import annotations
 
@@ -14,16 +26,58 @@ from recpipe.lambda_errors import InputError
 
 logger = Logger(service="recpipe-release")
 
+STATUS_CHANGE = "Step Functions Execution Status Change"
+# Statuses whose execution ended without running its Catch (and so without releasing the lock).
+STOPPED_STATUSES = ("ABORTED", "TIMED_OUT")
+
 
 @functools.cache
 def _dynamodb() -> Any:
     return boto3.client("dynamodb")
 
 
-def lambda_handler(event: dict[str, Any], context: Any, *, dynamodb: Any = None) -> dict[str, bool]:
+def run_to_release(event: Any) -> str | None:
+    """The run whose lock ``event`` asks to release; ``None`` for a status-change event whose
+    execution did not stop (FAILED and SUCCEEDED runs released the lock in the state machine)."""
+    if isinstance(event, dict) and "detail-type" in event:
+        return _stopped_run(event)
     run_id = event.get("run_id") if isinstance(event, dict) else None
     if not isinstance(run_id, str) or not run_id:
-        raise InputError(f"The Release event must be {{\"run_id\": str}}, got {event!r}.")
+        raise InputError(f"The Release event must be {{\"run_id\": str}} or an EventBridge {STATUS_CHANGE!r} "
+                         f"event; 'run_id' is {run_id!r} in {event!r}.")
+    return run_id
+
+
+def _stopped_run(event: dict[str, Any]) -> str | None:
+    if event["detail-type"] != STATUS_CHANGE:
+        raise InputError(f"The Release function handles EventBridge events of detail-type {STATUS_CHANGE!r} "
+                         f"only, got {event['detail-type']!r}.")
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise InputError(f"The {STATUS_CHANGE!r} event has no 'detail' object, got {detail!r}.")
+    for field in ("status", "name", "stateMachineArn"):
+        if not isinstance(detail.get(field), str) or not detail[field]:
+            raise InputError(f"The {STATUS_CHANGE!r} event's 'detail.{field}' must be a non-empty string, "
+                             f"got {detail.get(field)!r}.")
+    status, name = detail["status"], detail["name"]
+    if status not in STOPPED_STATUSES:
+        logger.info(f"Ignored: execution {name} ended {status}; only {' and '.join(STOPPED_STATUSES)} "
+                    f"executions skip the state machine's own Release",
+                    extra={"execution_name": name, "status": status,
+                           "state_machine_arn": detail["stateMachineArn"]})
+        return None
+    run_id = runs.derive_run_id(name)
+    logger.info(f"Execution {name} ended {status}; releasing the lock of run {run_id} if it holds it",
+                extra={"execution_name": name, "status": status, "run_id": run_id,
+                       "execution_arn": detail.get("executionArn"),
+                       "state_machine_arn": detail["stateMachineArn"]})
+    return run_id
+
+
+def lambda_handler(event: dict[str, Any], context: Any, *, dynamodb: Any = None) -> dict[str, bool]:
+    run_id = run_to_release(event)
+    if run_id is None:
+        return {"released": False, "ignored": True}
     released = release_lock(dynamodb or _dynamodb(), runs.table_name(), run_id)
     logger.info("Lock released" if released else "Lock not held by this run",
                 extra={"run_id": run_id, "released": released})
