@@ -18,6 +18,7 @@ from lambdas.repackage import handler
 from lambdas.repackage.repackage import RepackageRequest, repackage
 from recpipe import vectors
 from recpipe.formats import recordio
+from recpipe.formats.fm_model import save_fm_model
 from recpipe.lambda_errors import InputError, NotFoundError, SchemaVersionError
 
 FIXTURE = Path("/work/shared/fixtures/sagemaker-fm")
@@ -117,6 +118,39 @@ def test_vectors_rank_items_as_the_fm_scores_them(s3: Any) -> None:
         for i in range(N_ITEMS):
             x = xu + item_rows[i].toarray().ravel()
             assert got[u, i] == pytest.approx(fm_score(x, V, w, w0) - user_only, abs=1e-6), (u, i)
+
+
+def test_random_fm_with_user_and_item_side_features(s3: Any) -> None:
+    """Through the whole Lambda (artifact, recordio, shards): user . item = FM score - user-only terms."""
+    rng = np.random.default_rng(11)
+    n_users, n_items, user_side, item_side, k = 5, 6, 3, 4, 3
+    dim = n_users + n_items + user_side + item_side
+    users = np.zeros((n_users, dim))
+    users[np.arange(n_users), np.arange(n_users)] = 1.0
+    users[:, n_users + n_items:n_users + n_items + user_side] = rng.uniform(0, 1, (n_users, user_side))
+    items = np.zeros((n_items, dim))
+    items[np.arange(n_items), n_users + np.arange(n_items)] = 1.0
+    present = rng.random((n_items, item_side)) < 0.6
+    items[:, dim - item_side:] = rng.uniform(0, 1, (n_items, item_side)) * present
+    V = rng.normal(size=(dim, k)).astype(np.float32)
+    w = rng.normal(size=dim).astype(np.float32)
+    w0 = 0.5
+    buf = io.BytesIO()
+    save_fm_model(buf, V, w, np.array([w0], dtype=np.float32))
+    event = setup_run(s3, counts={"users": n_users, "items": n_items}, feature_dim=dim)
+    put_npz(s3, PROCESSED + "meta/user_rows.npz", sp.csr_matrix(users))
+    put_npz(s3, PROCESSED + "meta/item_rows.npz", sp.csr_matrix(items))
+    s3.put_object(Bucket=BUCKET, Key="runs/r1/serve/fm/model.tar.gz", Body=buf.getvalue())
+
+    result = handler.lambda_handler({**event, "user_shards": 2}, None, s3=s3)
+    item_vecs = read(s3, result["items_prefix"] + "items.pbr")[0].astype(np.float64)
+    user_vecs = np.vstack([read(s3, uri)[0] for uri in result["user_files"]]).astype(np.float64)
+    V64, w64 = V.astype(np.float64), w.astype(np.float64)
+    for u in range(n_users):
+        user_only = fm_score(users[u], V64, w64, w0)  # w0, the user's linear and own pairwise terms
+        for i in range(n_items):
+            expected = fm_score(users[u] + items[i], V64, w64, w0) - user_only
+            assert user_vecs[u] @ item_vecs[i] == pytest.approx(expected, rel=1e-5, abs=1e-5), (u, i)
 
 
 def test_a_retry_with_fewer_shards_removes_the_old_shards(s3: Any) -> None:
