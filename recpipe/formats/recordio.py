@@ -1117,7 +1117,7 @@ def _parse_slow(
         values=np.concatenate(all_values).astype(dtype, copy=False) if all_values else np.zeros(0, dtype),
         keys=np.concatenate(all_keys) if any_keys else None,
         n_cols=shapes.pop()[0] if shapes else None,
-        labels=np.array(labels, dtype=dtype) if with_label else None,
+        labels=np.array(labels) if with_label else None,  # label tensors keep their own type
     )
 
 
