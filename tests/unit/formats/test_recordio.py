@@ -169,7 +169,7 @@ def test_dense_shards(tmp_path: Path) -> None:
 
 
 def test_shard_smaller_than_a_record_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(RecordIOError, match="Row 0 takes .* bytes, more than max_bytes=16"):
+    with pytest.raises(RecordIOError, match=r"Row 0 takes .* bytes, more than max_bytes=16"):
         recordio.write_dense_shards(tmp_path, np.ones((2, 8), np.float32), max_bytes=16)
 
 
@@ -241,7 +241,7 @@ def test_dmlc_multipart_record_is_reassembled() -> None:
     assert whole  # the reassembled payload is not a valid record here: check the framing only
     framed = struct.pack("<II", recordio.MAGIC, (1 << 29) | len(head)) + head
     framed += struct.pack("<II", recordio.MAGIC, (3 << 29) | len(tail)) + tail + b"\0" * ((-len(tail)) % 4)
-    starts, lens, joined = recordio._frames(np.frombuffer(framed, np.uint8), "input")
+    starts, _, joined = recordio._frames(np.frombuffer(framed, np.uint8), "input")
     assert list(starts) == [8] and joined == {0: whole}
 
 
