@@ -121,7 +121,10 @@ def _metrics_of(outcome: Any) -> dict[str, float] | None:
     """NDCG and friends from the Evaluate state's output, if the run had one."""
     for run in reversed(outcome.states):
         if run.name.lower().startswith("evaluate") and run.status == "succeeded":
-            found = _find(run.output, "metrics")
+            output = run.output
+            if isinstance(output, Mapping) and isinstance(output.get("evaluation"), Mapping):
+                output = output["evaluation"]
+            found = output.get("metrics") if isinstance(output, Mapping) else None
             if isinstance(found, Mapping):
                 return {str(k): v for k, v in found.items() if isinstance(v, int | float)}
     return None
@@ -321,7 +324,7 @@ def _results(workdir: Path, endpoint: str | None, table: str) -> Iterator[Any]:
 @app.command()
 def recommend(
     user_id: str = typer.Argument(..., help="The user's original id."),
-    top: int = typer.Option(10, "--top", min=1, help="How many items to show."),
+    top: Annotated[int | None, typer.Option(min=1, help="Show at most N items (default: all).")] = None,
     as_json: bool = typer.Option(False, "--json", help='Print {"user_id", "run_id", "items": [...]}.'),
     workdir: Path = WORKDIR, dynamodb_endpoint: str | None = DYNAMODB, table: str = TABLE,
 ) -> None:
