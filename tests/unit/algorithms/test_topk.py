@@ -96,3 +96,15 @@ def test_empty_inputs() -> None:
     assert scores.shape == (0, 2)
     scores, idx = topk_inner_product(np.zeros((2, 3), np.float32), np.zeros((0, 3), np.float32), 2)
     assert (idx == -1).all()
+
+
+def test_heavy_ties_and_many_cut_backs() -> None:
+    """Small integer vectors: scores repeat a lot, so buffers fill with equal values and are cut back
+    both around a sampled pivot and by the quickselect fallback."""
+    rng = np.random.default_rng(5)
+    q = rng.integers(-2, 3, (150, 5)).astype(np.float32)
+    x = rng.integers(-2, 3, (5000, 5)).astype(np.float32)
+    for k in (1, 7, 64):
+        scores, idx = topk_inner_product(q, x, k, seed_items=16, item_block=64, user_block=32)
+        assert_same_neighbours(scores, idx, q, x, k)
+        assert all(len(set(row)) == k for row in idx.tolist())  # no item twice
