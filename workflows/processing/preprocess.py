@@ -70,6 +70,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,9 +253,13 @@ def _read_frame(src: Source, columns: Sequence[str], *, as_text: bool) -> pd.Dat
                 return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
             # All columns are parsed (no usecols) so that a row with too many fields is an error
             # rather than silently cut short.
-            frame = pd.read_csv(
-                src.path, index_col=False, encoding="utf-8-sig", na_filter=False,
-                skip_blank_lines=False, dtype=str if as_text else None, low_memory=False)
+            # Chunks of a column may come out with different dtypes (ints, then strings): the
+            # parsers below normalise them, so pandas' warning about it is noise.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+                frame = pd.read_csv(
+                    src.path, index_col=False, encoding="utf-8-sig", na_filter=False,
+                    skip_blank_lines=False, dtype=str if as_text else None)
             return frame[list(columns)]
         frame = pd.read_parquet(src.path, columns=list(columns))
         if as_text:
@@ -266,19 +271,16 @@ def _read_frame(src: Source, columns: Sequence[str], *, as_text: bool) -> pd.Dat
 
 def _drop_trailing_blank(frame: pd.DataFrame, src: Source) -> pd.DataFrame:
     """Blank lines at the end of a CSV are not rows (blank lines inside it are, and fail)."""
-    if src.kind != "csv" or frame.empty:
+    if src.kind != "csv":
         return frame
-    blank = np.ones(len(frame), dtype=bool)
-    for column in frame.columns:
-        col = frame[column]
-        if pd.api.types.is_numeric_dtype(col.dtype):
-            blank &= False
-        else:
-            blank &= (col.astype(str) == "").to_numpy()
-    if not blank[-1]:
-        return frame
-    keep = len(frame) - int(np.argmin(blank[::-1])) if not blank.all() else 0
-    return frame.iloc[:keep]
+
+    def blank(k: int) -> bool:  # a numeric cell is never blank
+        return all(isinstance(v, str) and v == "" for v in frame.iloc[k].tolist())
+
+    keep = len(frame)
+    while keep > 0 and blank(keep - 1):
+        keep -= 1
+    return frame if keep == len(frame) else frame.iloc[:keep]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -442,6 +444,8 @@ def _read_interactions(paths: Paths, conf: dict[str, Any]) -> Interactions:
         raise BadInputError("interactions/", f"the input is empty: no data rows in {names}")
 
     def ids(arrays: list[np.ndarray]) -> np.ndarray:
+        if len(arrays) == 1:
+            return arrays[0]
         if all(a.dtype == np.int64 for a in arrays):
             return np.concatenate(arrays)
         return np.concatenate([a if a.dtype == object else a.astype(str).astype(object) for a in arrays])
@@ -556,15 +560,18 @@ def _prepare(data: Interactions, conf: dict[str, Any]) -> Prepared:
         _log(f"{dropped:,} interactions dropped by the minimum-count filters")
 
     # --- re-index the survivors (order-preserving, so index order = sorted original ids) ------
-    rows = np.flatnonzero(alive)
-    keep_u = np.bincount(users[rows], minlength=n_users) > 0
-    keep_i = np.bincount(items[rows], minlength=n_items) > 0
-    users = (np.cumsum(keep_u) - 1)[users[rows]]
-    items = (np.cumsum(keep_i) - 1)[items[rows]]
-    user_ids, item_ids = user_uniques[keep_u], item_uniques[keep_i]
-    n_users, n_items = len(user_ids), len(item_ids)
-    times = times[rows]
-    ratings = data.ratings[rows] if data.ratings is not None else None
+    ratings = data.ratings
+    user_ids, item_ids = user_uniques, item_uniques
+    if not alive.all():
+        rows = np.flatnonzero(alive)
+        users, items, times = users[rows], items[rows], times[rows]
+        ratings = ratings[rows] if ratings is not None else None
+        keep_u = np.bincount(users, minlength=n_users) > 0
+        keep_i = np.bincount(items, minlength=n_items) > 0
+        users = (np.cumsum(keep_u) - 1)[users]
+        items = (np.cumsum(keep_i) - 1)[items]
+        user_ids, item_ids = user_uniques[keep_u], item_uniques[keep_i]
+        n_users, n_items = len(user_ids), len(item_ids)
 
     # --- sort by (user, time, item) and mark the holdout --------------------------------------
     order = _time_order(users, items, times, n_users, n_items)

@@ -259,6 +259,17 @@ def test_explicit_mode_labels_are_ratings_without_negatives(job: Job) -> None:
     assert manifest["counts"]["negatives"] == 0 and manifest["counts"]["full_rows"] == len(frame)
 
 
+def test_ids_that_turn_from_numbers_to_strings_deep_in_a_file(job: Job) -> None:
+    n = 300_000  # past the C parser's first chunks, which then parse the column as integers
+    lines = [f"{u % 1000},{u % 7}\n" for u in range(n)] + ["u1,0\n", "1,x\n"]
+    job.write("interactions/i.csv", "user_id,item_id\n" + "".join(lines))
+    job.config(**{"evaluation.holdout_fraction": 0.0, "processing.negatives_per_positive": 0})
+    manifest = job.run()
+    assert manifest["counts"]["users"] == 1001 and manifest["counts"]["items"] == 8
+    assert manifest["counts"]["duplicates"] == n - 7000  # 1000 users x 7 items
+    assert "u1" in job.ids("user") and "x" in job.ids("item") and "999" in job.ids("user")
+
+
 def test_parquet_iso_timestamps_and_several_files(job: Job) -> None:
     frame = random_interactions(seed=11)
     dates = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(frame.timestamp, unit="h")

@@ -18,7 +18,7 @@ from workflows.processing import preprocess
 
 ALLOWED_IMPORTS = {
     "__future__", "collections", "dataclasses", "hashlib", "io", "json", "math", "os", "re", "shutil", "sys",
-    "pathlib", "time", "traceback", "typing", "numpy", "pandas", "scipy", "pyarrow",
+    "pathlib", "time", "traceback", "typing", "warnings", "numpy", "pandas", "scipy", "pyarrow",
     "recpipe", "recpipe_config", "recpipe_recordio",
 }
 
