@@ -73,7 +73,7 @@ def main() -> None:
     data = out.getvalue()
     read_s = best_of(2, lambda: recordio.read_sparse(data))
     back, back_labels = recordio.read_sparse(data)
-    round_trip = (back != matrix).nnz == 0 and np.array_equal(back_labels, labels)
+    round_trip = (back != matrix).nnz == 0 and back_labels is not None and np.array_equal(back_labels, labels)
 
     sdk_rps = args.sdk_rows / sdk_s
     ours_rps = args.rows / ours_s
