@@ -989,6 +989,8 @@ def run(opt_ml: Path) -> dict[str, Any]:
         counts[f"{name}_rows"] = _write_set(output / name, user_rows, item_rows, users, items, labels,
                                             rng_shuffle[name])
         _log(f"wrote {name}/: {counts[f'{name}_rows']:,} rows")
+        if name == "test" and counts["test_rows"] == 0:  # no positive held out: no test channel
+            shutil.rmtree(output / name)
         del users, items, labels
 
     meta = output / "meta"
@@ -1030,7 +1032,7 @@ def run(opt_ml: Path) -> dict[str, Any]:
         "config": conf,
         "inputs": inputs + user_feats.inputs + item_feats.inputs,
         "files": {
-            "train": "train/", "test": "test/" if has_holdout else None, "full": "full/",
+            "train": "train/", "test": "test/" if counts.get("test_rows") else None, "full": "full/",
             "user_ids": "meta/user_ids.txt", "item_ids": "meta/item_ids.txt",
             "user_rows": "meta/user_rows.npz", "item_rows": "meta/item_rows.npz",
             "seen_train": "meta/seen_train.npz", "seen_all": "meta/seen_all.npz",
