@@ -172,21 +172,26 @@ def _run_max(tile: F32, j0: int, n_users: int, acc: F32) -> None:  # pragma: no 
 
 @numba.njit(cache=True, nogil=True)
 def _seed(
-    tile: F32, n_cols: int, buf_val: F32, buf_idx: I32, buf_n: I64, thresh: F32, k: int, sv: F32, si: I32
+    tile: F32, n_cols: int, buf_val: F32, buf_idx: I32, buf_n: I64, thresh: F32, k: int, sv: F32, si: I32,
+    sv2: F32, si2: I32,
 ) -> None:  # pragma: no cover
-    """From a user-major tile of the first items: each user's best k into its buffer, and its threshold."""
+    """From a user-major tile of the first items: a little over each user's best k into its buffer,
+    and a threshold below which no item can make that user's top k."""
+    room = buf_val.shape[1] - _RUN
     for u in range(tile.shape[0]):
         row = tile[u]
         for j in range(n_cols):
             sv[j] = row[j]
             si[j] = j
         n = n_cols
+        t = np.float32(-np.inf)
         if n > k:
-            _partition_top(sv, si, n, k)
-            n = k
-            thresh[u] = _min_of_first(sv, k)
-        else:
-            thresh[u] = -np.inf
+            n, t = _cut_back(sv, si, n, k, sv2, si2)
+            if n > room:
+                _partition_top(sv, si, n, k)
+                n = k
+                t = _min_of_first(sv, k)
+        thresh[u] = t
         for j in range(n):
             buf_val[u, j] = sv[j]
             buf_idx[u, j] = si[j]
@@ -291,7 +296,8 @@ def _scan(
 
 @numba.njit(cache=True, nogil=True)
 def _finish(
-    buf_val: F32, buf_idx: I32, buf_n: I64, k: int, order: I64, out_val: F32, out_idx: I64, row0: int
+    buf_val: F32, buf_idx: I32, buf_n: I64, k: int, order: I64, out_val: F32, out_idx: I64, row0: int,
+    sv: F32, si: I32,
 ) -> None:  # pragma: no cover
     """Best k of each buffer, by descending score (equal scores by ascending original item index)."""
     keys = np.empty(buf_val.shape[1], dtype=np.uint64)
@@ -299,6 +305,8 @@ def _finish(
         n = buf_n[u]
         bv = buf_val[u]
         bi = buf_idx[u]
+        if n > k + k // 2:  # a cheap cut first: the exact quickselect then sees ~k values
+            n, _ = _cut_back(bv, bi, n, k, sv, si)
         if n > k:
             _partition_top(bv, bi, n, k)
             n = k
@@ -380,21 +388,23 @@ def topk_inner_product(
                 np.empty(max(n_seed, cap), dtype=np.float32),
                 np.empty(max(n_seed, cap), dtype=np.int32),
                 np.empty(user_block, dtype=np.int64),
+                np.empty(max(n_seed, cap), dtype=np.float32),
+                np.empty(max(n_seed, cap), dtype=np.int32),
             )
             local.state = st
-        flat, buf_val, buf_idx, acc, sv, si, hits = st
+        flat, buf_val, buf_idx, acc, sv, si, hits, sv2, si2 = st
         buf_n = np.zeros(nb, dtype=np.int64)
         thresh = np.empty(nb, dtype=np.float32)
         seed_tile = flat[: nb * n_seed].reshape(nb, n_seed)
         np.matmul(q[u0:u1], seed_t, out=seed_tile)
-        _seed(seed_tile, n_seed, buf_val, buf_idx, buf_n, thresh, k, sv, si)
+        _seed(seed_tile, n_seed, buf_val, buf_idx, buf_n, thresh, k, sv, si, sv2, si2)
         qb_t = qt[:, u0:u1]
         for i0 in range(n_seed, n_items, item_block):
             i1 = min(i0 + item_block, n_items)
             tile = flat[: (i1 - i0) * nb].reshape(i1 - i0, nb)
             np.matmul(xp[i0:i1], qb_t, out=tile)
             _scan(tile, i0, buf_val, buf_idx, buf_n, thresh, k, acc, hits, sv, si)
-        _finish(buf_val, buf_idx, buf_n, k, order, out_val, out_idx, u0)
+        _finish(buf_val, buf_idx, buf_n, k, order, out_val, out_idx, u0, sv, si)
 
     with _single_threaded_blas():
         if n_threads == 1:
