@@ -970,9 +970,13 @@ def run(opt_ml: Path) -> dict[str, Any]:
         mask = sets[name]
         if implicit:
             rows_mask = mask & positive
-            if name != "test" and not rows_mask.any():
+            # An empty test set would leave the eval variant's test channel (set up by Prepare
+            # whenever the holdout fraction is > 0) without files, and nothing to evaluate.
+            if not rows_mask.any():
                 raise BadInputError("interactions/", f"no positive interactions in the {name} set "
-                                    f"(ratings >= processing.positive_threshold={threshold:g})")
+                                    f"(ratings >= processing.positive_threshold={threshold:g})"
+                                    + ("; lower the threshold or set evaluation.holdout_fraction to 0"
+                                       if name == "test" else ""))
             pos_users, pos_items = prep.users[rows_mask], prep.items[rows_mask]
             wanted = per_positive * np.bincount(pos_users, minlength=n_users)
             exclude = seen_train if name == "train" else seen_all
@@ -989,8 +993,6 @@ def run(opt_ml: Path) -> dict[str, Any]:
         counts[f"{name}_rows"] = _write_set(output / name, user_rows, item_rows, users, items, labels,
                                             rng_shuffle[name])
         _log(f"wrote {name}/: {counts[f'{name}_rows']:,} rows")
-        if name == "test" and counts["test_rows"] == 0:  # no positive held out: no test channel
-            shutil.rmtree(output / name)
         del users, items, labels
 
     meta = output / "meta"
@@ -1032,7 +1034,7 @@ def run(opt_ml: Path) -> dict[str, Any]:
         "config": conf,
         "inputs": inputs + user_feats.inputs + item_feats.inputs,
         "files": {
-            "train": "train/", "test": "test/" if counts.get("test_rows") else None, "full": "full/",
+            "train": "train/", "test": "test/" if has_holdout else None, "full": "full/",
             "user_ids": "meta/user_ids.txt", "item_ids": "meta/item_ids.txt",
             "user_rows": "meta/user_rows.npz", "item_rows": "meta/item_rows.npz",
             "seen_train": "meta/seen_train.npz", "seen_all": "meta/seen_all.npz",

@@ -45,6 +45,10 @@ CASES: list[tuple[str, dict[str, str | bytes], dict[str, object], str]] = [
      {"evaluation.holdout_fraction": 0.0},
      "Bad input: interactions/: no positive interactions in the train set "
      "(ratings >= processing.positive_threshold=4)"),
+    ("no positive held out", {"interactions/r.csv": HEADER + "1,10,5,1\n1,11,2,2\n2,10,4,1\n2,12,1,2\n"},
+     {"evaluation.holdout_fraction": 0.5},
+     "Bad input: interactions/: no positive interactions in the test set (ratings >= "
+     "processing.positive_threshold=4); lower the threshold or set evaluation.holdout_fraction to 0"),
     ("empty user id", {"interactions/r.csv": HEADER + "1,10,5,1\n,11,4,2\n"}, {},
      "Bad input: interactions/r.csv, line 3, column 'user_id': empty or NaN user id (got '')"),
     ("NaN item id", {"interactions/r.csv": HEADER + "1,10,5,1\n2,11,4,2\n3,nan,4,2\n"}, {},

@@ -219,17 +219,6 @@ def test_holdout_without_timestamps_uses_file_order(job: Job) -> None:
     assert (holdout.rating == 1).all() and (holdout.relevant == 1).all()
 
 
-def test_no_positive_held_out_means_no_test_channel(job: Job) -> None:
-    job.write("interactions/i.csv",
-              "user_id,item_id,rating,timestamp\n1,10,5,1\n1,11,2,2\n2,10,4,1\n2,12,1,2\n")
-    job.config(**{"evaluation.holdout_fraction": 0.5})
-    manifest = job.run()
-    assert manifest["counts"]["holdout"] == 2 and manifest["counts"]["test_rows"] == 0
-    assert manifest["files"]["test"] is None and not (job.out / "test").exists()
-    holdout = job.holdout()
-    assert holdout.relevant.tolist() == [0, 0]
-
-
 # --- duplicates, filters, modes -------------------------------------------------------------------
 
 
