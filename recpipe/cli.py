@@ -158,8 +158,11 @@ def _print_outcome(outcome: Any, run_id: str | None, started: float) -> None:
     metrics = _metrics_of(outcome)
     if metrics:
         table = Table(title="Holdout metrics (eval variant)", show_header=True)
+        short = {"precision_at_10": "P@10", "recall_at_10": "R@10", "ndcg_at_10": "NDCG@10",
+                 "map_at_10": "MAP@10", "hit_rate_at_10": "HR@10", "coverage_at_10": "cov@10",
+                 "users_evaluated": "users"}
         for name in metrics:
-            table.add_column(name.replace("_at_", "@"), justify="right")
+            table.add_column(short.get(name, name.replace("_at_", "@")), justify="right")
         table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in metrics.values()])
         console.print(table)
 
