@@ -37,7 +37,10 @@ Semantics (docs/CONTRACTS.md has the output layout):
   replacement among the items the user has not interacted with: for ``train`` that means not in the
   user's *train* interactions (the holdout is never looked at), for ``test`` and ``full`` not in any
   of the user's interactions. A user with fewer unseen items than needed gets all of them.
+  ``test`` holds the held-out positives and their negatives, labelled like ``train``; a train or
+  test set without any positive is bad input (the test channel is wired whenever f > 0).
   Explicit mode: rows are all interactions, label = rating; no negatives.
+* Shards are ``<set>/part-00000.pbr``, ... each at most MAX_SHARD_BYTES (whole records).
 * Rows of every set are shuffled (seeded): SGD mini-batches must not be one user each.
   Everything random derives from ``processing.seed``: same input + config = same bytes.
 * Side features: every selected column of a user/item table is categorical, numbers included: an
