@@ -6,14 +6,17 @@ What the service returns. The built-in k-NN's verbose output holds, per input re
 saying what they are per metric (docs: "k-NN Request and Response Formats", "k-NN
 Hyperparameters"); with ``index_metric=INNER_PRODUCT`` the index is a faiss inner-product index,
 whose search returns the raw inner products, larger = nearer. So for INNER_PRODUCT the "distance"
-is taken to be the score ``user . item`` (higher is better), which is what the local stand-in writes
-too; ``higher_is_better=False`` covers a metric where smaller is nearer (L2). Either way the order
-the service lists neighbours in is never trusted: :func:`rank` sorts by score itself.
+is taken to be the score ``user . item`` (higher is better), which is what the local stand-in
+(``recpipe.algorithms.knn``) writes too, listed ascending as documented, i.e. the best match last;
+``higher_is_better=False`` covers a metric where smaller is nearer (L2). Either way the order the
+service lists neighbours in is never trusted: :func:`rank` sorts by score itself. Should the
+service ever report negated inner products, rankings would come out reversed; the Evaluate step's
+NDCG (and so the quality gate) is what would catch it.
 
 Ranking (:func:`rank`), per user row:
 
-1. drop padding labels (``-1``, what faiss returns when fewer than k items exist) and repeated
-   labels (the best-scored copy stays);
+1. drop padding labels (``-1``, with a sentinel distance, what faiss returns when fewer than k
+   items exist) and repeated labels (the best-scored copy stays);
 2. sort by score, best first (ties: lower item index first, so the result is deterministic);
 3. drop items the user has interacted with (``seen``);
 4. keep ``top_n``; a user left with fewer is topped up from the most popular items that are neither
@@ -29,7 +32,7 @@ The transform output's lines map back to users through the user shard file names
         items, scores, n_topped_up = topn.rank(labels, distances, seen[part.start:part.stop], top_n,
                                                popularity)
 
-numpy and scipy only, plus an S3 client passed to :func:`transform_parts`.
+numpy and scipy only, plus an S3 client passed to :func:`transform_parts` and :func:`read_part`.
 """
 
 from __future__ import annotations
