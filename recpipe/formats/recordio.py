@@ -134,8 +134,9 @@ def _varint_stream(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _compact(block: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``block[mask]`` (row-major), but fast: 2-D boolean indexing is ~10x slower than compress."""
-    return np.compress(mask.reshape(-1), block.reshape(-1))
+    """``block[mask]`` (row-major), but fast: 1-D boolean indexing copies runs of selected bytes
+    without building an index array (``np.compress`` does, and is 4-20x slower here)."""
+    return block.reshape(-1)[mask.reshape(-1)]
 
 
 def _segment_sums(per_item: np.ndarray, indptr: np.ndarray) -> np.ndarray:
