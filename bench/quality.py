@@ -60,8 +60,8 @@ from recpipe.metrics import RankingMetrics, ranking_metrics  # noqa: E402
 K = 10
 HOLDOUT_FRACTION = 0.2
 RELEVANT_RATING = 4.0
-ALS_PARAMS = {"factors": 128, "regularization": 10.0, "alpha": 1.0, "iterations": 15}
-BLOG_FM = {
+ALS_PARAMS: dict[str, Any] = {"factors": 128, "regularization": 10.0, "alpha": 1.0, "iterations": 15}
+BLOG_FM: dict[str, Any] = {
     "num_factors": 64,
     "epochs": 20,
     "mini_batch_size": 1000,
@@ -82,6 +82,7 @@ class Split:
     holdout: pd.DataFrame
     seen: sp.csr_matrix  # (n_users, n_items), 1 = a training interaction (any rating)
     relevant: sp.csr_matrix  # (n_users, n_items), 1 = a relevant held-out item
+    scope: pd.DataFrame  # what the pipeline is given (original ids): all data, or the training part
 
 
 @dataclass
@@ -111,8 +112,10 @@ def make_split(frame: pd.DataFrame, *, validation: bool) -> Split:
     data = data.sort_values(["u", "timestamp", "i"]).reset_index(drop=True)
     held = holdout_mask(data, HOLDOUT_FRACTION)
     train, holdout = data[~held], data[held]
+    scope = frame
     if validation:
         train = train.reset_index(drop=True)
+        scope = train[["user_id", "item_id", "rating", "timestamp"]]
         held = holdout_mask(train, HOLDOUT_FRACTION)
         train, holdout = train[~held], train[held]
     n_users, n_items = len(uids), len(iids)
@@ -120,7 +123,7 @@ def make_split(frame: pd.DataFrame, *, validation: bool) -> Split:
     rel = holdout[holdout.rating >= RELEVANT_RATING]
     relevant = sp.csr_matrix((np.ones(len(rel), np.float32), (rel.u, rel.i)), shape=(n_users, n_items))
     return Split(
-        n_users, n_items, train.reset_index(drop=True), holdout.reset_index(drop=True), seen, relevant
+        n_users, n_items, train.reset_index(drop=True), holdout.reset_index(drop=True), seen, relevant, scope
     )
 
 
@@ -205,7 +208,7 @@ def _stage_input(data_dir: Path, frame: pd.DataFrame, dest: Path) -> None:
 
 
 def recpipe_in_process(
-    data_dir: Path, frame: pd.DataFrame, split: Split, overrides: Mapping[str, Any]
+    data_dir: Path, frame: pd.DataFrame, overrides: Mapping[str, Any]
 ) -> tuple[Row, pd.DataFrame]:
     """Processing script, Plan, the FM stand-in, the repackaged vectors, exact top-k: the pipeline's
     steps without the engine. Returns the row and the processing step's holdout (original ids)."""
@@ -246,7 +249,6 @@ def recpipe_in_process(
     holdout_ids = pd.DataFrame(
         {"user_id": user_ids[holdout.user_index], "item_id": item_ids[holdout.item_index]}
     )
-    del split
     return Row(
         "recpipe (in-process)", ranking_metrics(top, relevant, item_rows.shape[0]), elapsed
     ), holdout_ids
@@ -354,21 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.validation or args.in_process:
         # On the validation split the pipeline sees only the training part: its own holdout is then
         # the validation holdout.
-        uids, iids = np.sort(frame.user_id.unique()), np.sort(frame.item_id.unique())
-        subset = (
-            frame
-            if not args.validation
-            else pd.DataFrame(
-                {
-                    "user_id": uids[split.train.u],
-                    "item_id": iids[split.train.i],
-                    "rating": split.train.rating,
-                    "timestamp": split.train.timestamp,
-                }
-            )
-        )
         started = time.perf_counter()
-        ours, processed_holdout = recpipe_in_process(data_dir, subset, split, overrides)
+        ours, processed_holdout = recpipe_in_process(data_dir, split.scope, overrides)
         wall = time.perf_counter() - started
     else:
         ours, processed_holdout, wall = recpipe_engine(data_dir, overrides)

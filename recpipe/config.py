@@ -99,6 +99,17 @@ PARAMS: tuple[Param, ...] = (
     _P("processing.negatives_per_positive", int, 4,
        "Implicit mode: negatives sampled per positive from items the user has not interacted with.",
        min=0, max=100),
+    _P("processing.negative_rounds", int, 4,
+       "Implicit mode: the positives are written this many times, each time with freshly sampled "
+       "negatives (the built-in FM cannot resample per epoch); fm.epochs passes over all rounds.",
+       min=1, max=100),
+    _P("processing.context_items", int, 30,
+       "Sequence context: every row's user part also holds the user's N interactions just before it "
+       "(any rating; the j-th most recent weighted context_decay**j, the block scaled by 1/sqrt(sum "
+       "of weights)); a user's scoring row holds the N most recent. 0 = user id and side features only.",
+       min=0, max=1000),
+    _P("processing.context_decay", float, 0.9, "Weight decay per step back in the sequence context.",
+       min=0.0, max=1.0),
     _P("processing.seed", int, 42, "Seed for negative sampling and training initialisation.", min=0),
     _P("processing.min_user_interactions", int, 1, "Drop users with fewer interactions.", min=1),
     _P("processing.min_item_interactions", int, 1, "Drop items with fewer interactions.", min=1),
@@ -113,11 +124,11 @@ PARAMS: tuple[Param, ...] = (
        min=0.0, max=1.0),
     # --- Factorization Machines (names as the built-in algorithm's hyperparameters) ----------
     _P("fm.num_factors", int, 64, "Latent dimension k.", min=1, max=1000),
-    _P("fm.epochs", int, 20, "Training epochs.", min=1, max=1000),
+    _P("fm.epochs", int, 8, "Training epochs (passes over all processing.negative_rounds).", min=1, max=1000),
     _P("fm.mini_batch_size", int, 1000, "Mini-batch size.", min=1, max=100000),
     _P("fm.bias_lr", float, 0.1, "Learning rate of the global bias.", min=0.0),
     _P("fm.linear_lr", float, 0.001, "Learning rate of the linear terms.", min=0.0),
-    _P("fm.factors_lr", float, 0.0001, "Learning rate of the factors.", min=0.0),
+    _P("fm.factors_lr", float, 0.001, "Learning rate of the factors.", min=0.0),
     _P("fm.bias_wd", float, 0.01, "Weight decay of the global bias.", min=0.0),
     _P("fm.linear_wd", float, 0.001, "Weight decay of the linear terms.", min=0.0),
     _P("fm.factors_wd", float, 0.00001, "Weight decay of the factors.", min=0.0),

@@ -53,7 +53,8 @@ def test_hyperparameters_are_strings_with_the_manifests_feature_dim(s3: Any) -> 
     assert all(isinstance(v, str) for v in [*fm.values(), *knn.values()])
     assert fm["feature_dim"] == "2731"
     assert fm["predictor_type"] == "binary_classifier"
-    assert fm["num_factors"] == "64" and fm["epochs"] == "20"
+    defaults = cfg.defaults()
+    assert fm["num_factors"] == str(defaults["fm.num_factors"]) and fm["epochs"] == str(defaults["fm.epochs"])
     assert fm["factors_wd"] == "0.00001"  # no exponent notation
     assert set(fm) == {"feature_dim", "predictor_type", "num_factors", "epochs", "mini_batch_size", "bias_lr",
                        "linear_lr", "factors_lr", "bias_wd", "linear_wd", "factors_wd", "bias_init_sigma",
