@@ -33,7 +33,9 @@ similarities faiss returns, so the best match comes LAST; for L2 they are faiss'
 distances, best first. ``predicted_label`` is, for a classifier, the most frequent label among the k
 neighbours (ties: the label whose nearest occurrence is nearer), for a regressor their mean. Slots
 with no neighbour (k > number of indexed vectors) carry label ``-1`` and faiss's sentinel distance
-(the float32 extreme). Plain ``application/jsonlines`` writes ``{"predicted_label": p}`` lines;
+(the float32 extreme). Those lines are written by
+:func:`recpipe.formats.knn_output.write_verbose_jsonlines`, the project's one writer of the format.
+Plain ``application/jsonlines`` writes ``{"predicted_label": p}`` lines;
 ``application/json`` (optionally ``; verbose=true``) one ``{"predictions": [...]}`` document per file.
 
 Flat inner-product searches (INNER_PRODUCT, COSINE) use :func:`recpipe.algorithms.topk.topk_inner_product`,
@@ -597,7 +599,18 @@ def run_transform(
         if higher_is_better:  # faiss lists similarities best first; the service lists ascending
             labels, distances = labels[:, ::-1], distances[:, ::-1]
         target = output_dir / f"{path.name}.out"
-        with target.open("w", encoding="utf-8") as fh:
-            writer(fh, labels, distances, predicted, verbose)
+        if writer is _write_jsonlines and verbose:  # the pipeline's case: the project's one writer
+            from recpipe.formats.knn_output import write_verbose_jsonlines
+
+            integral = bool(np.array_equal(labels, np.round(labels))) and (
+                labels.size == 0 or float(np.abs(labels).max()) < 2**53
+            )
+            with target.open("wb") as out:
+                write_verbose_jsonlines(
+                    out, labels.astype(np.int64) if integral else labels, distances, predicted
+                )
+        else:
+            with target.open("w", encoding="utf-8") as fh:
+                writer(fh, labels, distances, predicted, verbose)
         written.append(target)
     return written

