@@ -19,6 +19,7 @@ from infra.alerts import FailureAlerts
 from infra.functions import PipelineFunctions
 from infra.images import FM_IMAGE, KNN_IMAGE, PROCESSING_IMAGE, BuiltinImages
 from infra.lambda_bundling import dependency_layer_code, directory_size, function_code, stage_function_code
+from infra.lock_cleanup import LockCleanup
 from infra.pipeline import PipelineStateMachine, select_substitutions
 from infra.processing_code import ProcessingCode
 from infra.sagemaker_role import SageMakerExecutionRole
@@ -135,6 +136,10 @@ class RecpipeStack(Stack):
         )
         self.alerts = FailureAlerts(self, "Alerts", state_machine=self.pipeline.state_machine,
                                     email=settings.alert_email)
+        # A stopped or timed-out execution skips its Catch: release its run lock from its status change.
+        self.lock_cleanup = LockCleanup(self, "LockCleanup", state_machine=self.pipeline.state_machine,
+                                        release_function=self.functions.functions["Release"],
+                                        alarm_topic=self.alerts.topic)
 
         CfnOutput(self, "BucketName", value=self.data.bucket.bucket_name,
                   description="Data bucket: upload interactions under input/interactions/")
