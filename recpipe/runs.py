@@ -147,6 +147,33 @@ def manifest_file_uri(manifest_uri: str, manifest: dict[str, Any], name: str) ->
     return f"{base}/{rel}"
 
 
+def required_file_uri(manifest_uri: str, manifest: dict[str, Any], name: str, step: str) -> str:
+    """Like :func:`manifest_file_uri`, but an :class:`InputError` when the manifest lists no such
+    file (``step`` names who needs it)."""
+    uri = manifest_file_uri(manifest_uri, manifest, name)
+    if uri is None:
+        raise InputError(f"The manifest {manifest_uri} lists no '{name}' file; {step} needs it.")
+    return uri
+
+
+def load_csr(s3: Any, uri: str, shape: tuple[int, int] | None = None) -> Any:
+    """The ``scipy.sparse.save_npz`` matrix at ``uri`` as CSR, its shape checked when given.
+
+    scipy is imported here, not at module level, to keep this module cheap to import.
+    """
+    import io
+
+    import scipy.sparse as sp
+
+    try:
+        matrix = sp.csr_matrix(sp.load_npz(io.BytesIO(get_bytes(s3, uri))))
+    except (ValueError, OSError, KeyError) as exc:
+        raise InputError(f"{uri} is not a scipy sparse .npz file: {exc}.") from exc
+    if shape is not None and matrix.shape != tuple(shape):
+        raise InputError(f"{uri} has shape {matrix.shape}; expected {tuple(shape)} (from the manifest).")
+    return matrix
+
+
 def run_prefix(bucket: str, run_id: str) -> str:
     """``s3://<bucket>/runs/<run_id>/``: everything a run writes lives under it."""
     return f"s3://{bucket}/{RUNS_PREFIX}{run_id}/"

@@ -42,14 +42,6 @@ def _require(event: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
-def load_npz(s3: Any, uri: str) -> sp.csr_matrix:
-    raw = runs.get_bytes(s3, uri)
-    try:
-        return sp.csr_matrix(sp.load_npz(io.BytesIO(raw)))
-    except (ValueError, OSError, KeyError) as exc:
-        raise InputError(f"S3 object {uri} is not a scipy sparse .npz matrix: {exc}.") from exc
-
-
 def load_relevant(s3: Any, uri: str, n_users: int, n_items: int) -> sp.csr_matrix:
     """The holdout's relevant (user, item) pairs as a CSR matrix; errors name the row."""
     text = runs.get_bytes(s3, uri).decode("utf-8")
@@ -113,11 +105,8 @@ def evaluate(event: dict[str, Any], *, s3: Any, dynamodb: Any, table: str) -> di
     if holdout_uri is None:
         raise InputError(f"The manifest {manifest_uri} has no holdout (evaluation.holdout_fraction = 0?): "
                          "there is nothing to evaluate.")
-    seen_uri = runs.manifest_file_uri(manifest_uri, manifest, "seen_train")
-    assert seen_uri is not None
-    seen = load_npz(s3, seen_uri)
-    if seen.shape != (n_users, n_items):
-        raise InputError(f"{seen_uri} has shape {seen.shape}; the manifest says ({n_users}, {n_items}).")
+    seen_uri = runs.required_file_uri(manifest_uri, manifest, "seen_train", "Evaluate")
+    seen = runs.load_csr(s3, seen_uri, (n_users, n_items))
     relevant = load_relevant(s3, holdout_uri, n_users, n_items)
 
     recommended = recommend_top_k(s3, transform_output, seen, K)

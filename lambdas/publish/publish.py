@@ -24,7 +24,6 @@ files tile all users and :func:`recpipe.topn.read_part` checks each file's line 
 from __future__ import annotations
 
 import functools
-import io
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -106,18 +105,10 @@ class Catalogue:
 
 def load_catalogue(s3: Any, manifest_uri: str) -> Catalogue:
     manifest = runs.load_manifest(s3, manifest_uri)
-    user_ids = _lines(s3, _required_file(manifest_uri, manifest, "user_ids"))
-    item_ids = _lines(s3, _required_file(manifest_uri, manifest, "item_ids"))
-    seen_uri = _required_file(manifest_uri, manifest, "seen_all")
-    try:
-        seen = sp.csr_matrix(sp.load_npz(io.BytesIO(runs.get_bytes(s3, seen_uri))))
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{seen_uri} is not a scipy sparse .npz file: {exc}.") from exc
-    if seen.shape != (len(user_ids), len(item_ids)):
-        raise InputError(
-            f"{seen_uri} has shape {seen.shape} but the id files list {len(user_ids)} users and "
-            f"{len(item_ids)} items."
-        )
+    user_ids = _lines(s3, runs.required_file_uri(manifest_uri, manifest, "user_ids", "Publish"))
+    item_ids = _lines(s3, runs.required_file_uri(manifest_uri, manifest, "item_ids", "Publish"))
+    seen_uri = runs.required_file_uri(manifest_uri, manifest, "seen_all", "Publish")
+    seen = runs.load_csr(s3, seen_uri, (len(user_ids), len(item_ids)))
     counts = manifest.get("counts") or {}
     for name, ids in (("users", user_ids), ("items", item_ids)):
         if name in counts and counts[name] != len(ids):
@@ -125,13 +116,6 @@ def load_catalogue(s3: Any, manifest_uri: str) -> Catalogue:
                              f"lists {len(ids)}.")
     popularity = np.asarray(seen.sum(axis=0)).reshape(-1)
     return Catalogue(user_ids, item_ids, seen, popularity)
-
-
-def _required_file(manifest_uri: str, manifest: dict[str, Any], name: str) -> str:
-    uri = runs.manifest_file_uri(manifest_uri, manifest, name)
-    if uri is None:
-        raise InputError(f"The manifest {manifest_uri} lists no '{name}' file; Publish needs it.")
-    return uri
 
 
 def _lines(s3: Any, uri: str) -> list[str]:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from recpipe import runs, vectors
 from recpipe.formats import recordio
@@ -68,23 +67,6 @@ class RepackageRequest:
             )
         return cls(event["run_id"], event["variant"], event["model_artifact"], event["manifest"],
                    event["output_prefix"], shards)
-
-
-def _load_rows(s3: Any, uri: str, shape: tuple[int, int]) -> sp.csr_matrix:
-    try:
-        rows = sp.csr_matrix(sp.load_npz(io.BytesIO(runs.get_bytes(s3, uri))))
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{uri} is not a scipy sparse .npz file: {exc}.") from exc
-    if rows.shape != shape:
-        raise InputError(f"{uri} has shape {rows.shape}; the manifest says {shape}.")
-    return rows
-
-
-def _required_file(manifest_uri: str, manifest: dict[str, Any], name: str) -> str:
-    uri = runs.manifest_file_uri(manifest_uri, manifest, name)
-    if uri is None:
-        raise InputError(f"The manifest {manifest_uri} lists no '{name}' file; Repackage needs it.")
-    return uri
 
 
 def _count(manifest_uri: str, manifest: dict[str, Any], name: str) -> int:
@@ -139,7 +121,8 @@ def repackage(request: RepackageRequest, *, s3: Any) -> dict[str, Any]:
     n_users = _count(request.manifest, manifest, "users")
     n_items = _count(request.manifest, manifest, "items")
     user_rows, item_rows = (
-        _load_rows(s3, _required_file(request.manifest, manifest, name), (n, feature_dim))
+        runs.load_csr(s3, runs.required_file_uri(request.manifest, manifest, name, "Repackage"),
+                      (n, feature_dim))
         for name, n in (("user_rows", n_users), ("item_rows", n_items))
     )
     try:

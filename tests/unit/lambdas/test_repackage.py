@@ -205,7 +205,7 @@ def test_manifest_schema_version_is_checked(s3: Any) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"feature_dim": 20}, "has shape \\(7, 18\\); the manifest says \\(7, 20\\)"),
+        ({"feature_dim": 20}, "has shape \\(7, 18\\); expected \\(7, 20\\)"),
         ({"counts": {"users": 7}}, "no valid 'counts.items'"),
         ({"files": {"user_rows": "meta/user_rows.npz"}}, "no 'files.item_rows' entry"),
         ({"files": {"user_rows": "meta/user_rows.npz", "item_rows": "meta/missing.npz"}},
