@@ -29,7 +29,8 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
@@ -187,40 +188,17 @@ def _pack(fields: Sequence[_Field]) -> tuple[np.ndarray, np.ndarray]:
     return _compact(block, mask), total
 
 
-def _ragged_piece(valid: np.ndarray, elements: np.ndarray, varint: bool) -> _Piece:
-    """Per-element values of a CSR chunk placed into the max-nnz slots of each row, as bytes.
+def _varint_words(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Varints of values < 2**56, each built inside one little-endian uint32/uint64 word.
 
-    ``elements`` are little-endian scalars copied as they are, or unsigned ints written as varints.
-    """
-    n, slots = valid.shape
-    padded = np.zeros((n, slots), elements.dtype)
-    padded[valid] = elements
-    if not varint:
-        width = elements.dtype.itemsize
-        return padded.view(np.uint8).reshape(n, slots * width), np.repeat(valid, width, axis=1)
-    flat = padded.reshape(-1)
-    top = int(flat.max()) if flat.size else 0
-    if top < 1 << 56:
-        block, mask = _varint_words(flat, valid.reshape(-1), top)
-        width = block.shape[1]
-        return block.reshape(n, slots * width), mask.reshape(n, slots * width)
-    block_t, lens = _varint_block(flat)  # 10-byte varints (negative Int32 values): rare
-    width = block_t.shape[1]
-    mask = np.arange(width) < (lens * valid.reshape(-1))[:, None]
-    return np.ascontiguousarray(block_t).reshape(n, slots * width), mask.reshape(n, slots * width)
-
-
-def _varint_words(x: np.ndarray, present: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Varints of values < 2**56 built inside one little-endian uint32/uint64 word each.
-
-    Returns the (N, 4|8) byte block and the (N, 4|8) mask of bytes in use (none where not
-    ``present``). Word arithmetic keeps every operation contiguous.
+    Returns the words and, as words of 0/1 bytes, which of their bytes are in use. Word
+    arithmetic keeps every operation contiguous.
     """
     word = np.dtype("<u4") if top < 1 << 28 else np.dtype("<u8")
     t: Any = word.type
     x = x.astype(word, copy=False)
     enc: Any = x & t(0x7F)
-    used: Any = present.astype(word)
+    used: Any = np.ones(x.size, word)
     j = 1
     while j < word.itemsize and top >= 1 << (7 * j):
         more = (x >= t(1 << (7 * j))).astype(word)
@@ -228,8 +206,7 @@ def _varint_words(x: np.ndarray, present: np.ndarray, top: int) -> tuple[np.ndar
         enc |= ((x >> t(7 * j)) & t(0x7F)) << t(8 * j)
         used |= more << t(8 * j)
         j += 1
-    n = x.size
-    return enc.view(np.uint8).reshape(n, word.itemsize), used.view(np.bool_).reshape(n, word.itemsize)
+    return enc, used
 
 
 def _interleave(streams: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -364,11 +341,171 @@ def _layout(rows: _Rows) -> _Layout:
     return _Layout(nnz, has, velems, vvarint, vb, keys, kb, tensor, value, entry, record, frame, label)
 
 
-def _encode(rows: _Rows) -> np.ndarray:
+class _Slots:
+    """Builds a chunk as an (n, W) byte matrix of fixed-width slots and the (n, W) mask of the
+    bytes in use; ``matrix[mask]`` (row-major) is then the file's bytes.
+
+    Pieces are appended left to right and written straight into one preallocated matrix (no
+    per-piece arrays concatenated). When every slot byte of every row is in use (dense float rows
+    of one width) the matrix itself is the output and no mask is built.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.width = 0
+        self.full = True
+        self._puts: list[tuple[int, Any]] = []
+
+    def const(self, data: bytes, present: np.ndarray | None = None) -> None:
+        src = np.frombuffer(data, np.uint8)
+        on = None if present is None or bool(present.all()) else present.astype(bool)[:, None]
+
+        def put(block: np.ndarray, mask: np.ndarray | None, col: int) -> None:
+            block[:, col : col + src.size] = src
+            if mask is not None:
+                mask[:, col : col + src.size] = True if on is None else on
+
+        self._add(src.size, on is None, put)
+
+    def field(self, data: np.ndarray, lens: np.ndarray) -> None:
+        """``data``: (n, w) bytes, of which the first ``lens[i]`` of row i are used."""
+        width = data.shape[1]
+
+        def put(block: np.ndarray, mask: np.ndarray | None, col: int) -> None:
+            block[:, col : col + width] = data
+            if mask is not None:
+                mask[:, col : col + width] = np.arange(width) < lens[:, None]
+
+        self._add(width, bool(np.all(lens == width)), put)
+
+    def varint(self, x: np.ndarray, present: np.ndarray | None = None) -> None:
+        data, lens = _varint_block(x)
+        self.field(data, lens if present is None else lens * present)
+
+    def ragged(self, valid: np.ndarray, elements: np.ndarray, varint: bool) -> None:
+        """One slot per possible element of a row (``valid``: (n, slots) slots in use): scalars
+        copied as they are, or unsigned ints as varints."""
+        slots = valid.shape[1]
+        full = bool(valid.all())
+        if not varint:
+            size = elements.dtype.itemsize
+
+            def put_scalars(block: np.ndarray, mask: np.ndarray | None, col: int) -> None:
+                region = block[:, col : col + slots * size].view(elements.dtype)
+                if full:
+                    region[...] = elements.reshape(region.shape)
+                else:
+                    region[valid] = elements
+                if mask is not None:
+                    _put_slot_mask(mask[:, col : col + slots * size], valid, np.ones((1, size), bool))
+
+            self._add(slots * size, full, put_scalars)
+            return
+        top = int(elements.max()) if elements.size else 0
+        if top < 1 << 56:
+            words, used = _varint_words(elements, top)
+            size = words.dtype.itemsize
+
+            def put_words(block: np.ndarray, mask: np.ndarray | None, col: int) -> None:
+                region = block[:, col : col + slots * size].view(words.dtype)
+                region[valid] = words
+                assert mask is not None
+                used_region = mask[:, col : col + slots * size].view(words.dtype)
+                used_region[...] = 0
+                used_region[valid] = used
+
+            self._add(slots * size, False, put_words)
+            return
+        data_t, lens = _varint_block(elements)  # 10-byte varints (negative Int32 values): rare
+        size = data_t.shape[1]
+
+        def put_bytes(block: np.ndarray, mask: np.ndarray | None, col: int) -> None:
+            block[:, col : col + slots * size].reshape(-1, slots, size)[valid] = data_t
+            assert mask is not None
+            used_region = mask[:, col : col + slots * size].reshape(-1, slots, size)
+            used_region[...] = False
+            used_region[valid] = np.arange(size) < lens[:, None]
+
+        self._add(slots * size, False, put_bytes)
+
+    def _add(self, width: int, full: bool, put: Any) -> None:
+        self._puts.append((width, put))
+        self.width += width
+        self.full &= full
+
+    def assemble(self) -> np.ndarray:
+        block = np.empty((self.n, self.width), np.uint8)
+        mask = None if self.full else np.empty((self.n, self.width), bool)
+        col = 0
+        for width, put in self._puts:
+            put(block, mask, col)
+            col += width
+        return block.reshape(-1) if mask is None else _compact(block, mask)
+
+
+def _put_slot_mask(region: np.ndarray, valid: np.ndarray, used: np.ndarray) -> None:
+    """region (n, slots * size) <- for each slot, ``used`` (1, size) where valid, else False."""
+    size = used.shape[1]
+    if size in (4, 8) and bool(used.all()):
+        word = np.dtype(f"<u{size}")
+        region.view(word)[...] = valid.view(np.uint8) * word.type(int("01" * size, 16))
+    else:
+        region.reshape(valid.shape[0], -1, size)[...] = valid[:, :, None] & used
+
+
+def _encode(rows: _Rows) -> Iterator[np.ndarray]:
+    """The bytes of a chunk of rows, in one or more consecutive pieces."""
     n = rows.indptr.size - 1
+    if n == 0:
+        return
     lay = _layout(rows)
+    total = int(lay.nnz.sum())
+    slots = int(lay.nnz.max())
+    if n * slots > 2 * total + 4 * n:  # very uneven rows: max-nnz slots would waste too much
+        if n > 64:
+            half = n // 2
+            yield from _encode(_slice(rows, 0, half))
+            yield from _encode(_slice(rows, half, n))
+        else:
+            yield _encode_streams(rows, lay)
+        return
     has, record = lay.has, lay.record
-    head = _fields_piece(
+    s = _Slots(n)
+    head = np.empty((n, 2), "<u4")
+    head[:, 0] = MAGIC
+    head[:, 1] = record
+    s.field(head.view(np.uint8), np.full(n, 8))
+    s.const(b"\x0a")
+    s.varint(lay.entry)
+    s.const(b"\x0a\x06values\x12")
+    s.varint(lay.value)
+    s.const(bytes([(_TENSOR_FIELD[rows.value_type] << 3) | 2]))
+    s.varint(lay.tensor)
+    s.const(b"\x0a", has)
+    s.varint(lay.vb, has)
+    valid = np.arange(slots) < lay.nnz[:, None]
+    s.ragged(valid, lay.value_elements, lay.value_varint)
+    if lay.keys is not None:
+        s.const(b"\x12", has)
+        s.varint(lay.kb, has)
+        s.ragged(valid, lay.keys, True)
+        s.const(_shape_field(rows.n_cols))
+    if lay.label is not None:
+        s.field(*lay.label)
+    s.field(np.zeros((n, 3), np.uint8), (-record) % 4)
+    yield s.assemble()
+
+
+def _shape_field(n_cols: int) -> bytes:
+    shape = _varint_block(np.array([n_cols]))[0].tobytes()
+    return b"\x1a" + bytes([len(shape)]) + shape
+
+
+def _encode_streams(rows: _Rows, lay: _Layout) -> np.ndarray:
+    """The same bytes from flat per-field streams and one gather (for very uneven rows)."""
+    n = rows.indptr.size - 1
+    has, record = lay.has, lay.record
+    head = _pack(
         [
             _const(n, _MAGIC_BYTES),
             (record.astype("<u4").reshape(n, 1).view(np.uint8), np.full(n, 4, np.int64)),
@@ -382,43 +519,251 @@ def _encode(rows: _Rows) -> np.ndarray:
             _var(lay.vb, has),
         ]
     )
+    values = _varint_stream(lay.value_elements)[0] if lay.value_varint else lay.value_elements.view(np.uint8)
+    streams = [head, (values, lay.vb)]
     tail_fields: list[_Field] = []
-    khead = None
-    if rows.keys is not None:
-        khead = _fields_piece([_const(n, b"\x12", has), _var(lay.kb, has)])
-        shape = _varint_block(np.array([rows.n_cols]))[0].tobytes()
-        tail_fields.append(_const(n, b"\x1a" + bytes([len(shape)]) + shape))
+    if lay.keys is not None:
+        khead = _pack([_const(n, b"\x12", has), _var(lay.kb, has)])
+        streams += [khead, (_varint_stream(lay.keys)[0], lay.kb)]
+        tail_fields.append(_const(n, _shape_field(rows.n_cols)))
     if lay.label is not None:
         tail_fields.append(lay.label)
     tail_fields.append((np.zeros((n, 3), np.uint8), (-record) % 4))
-    tail = _fields_piece(tail_fields)
-
-    total = int(lay.nnz.sum())
-    slots = int(lay.nnz.max()) if n else 0
-    if n * slots <= 2 * total + 4 * n:
-        valid = np.arange(slots) < lay.nnz[:, None]
-        pieces = [head, _ragged_piece(valid, lay.value_elements, lay.value_varint)]
-        if khead is not None:
-            assert lay.keys is not None
-            pieces += [khead, _ragged_piece(valid, lay.keys, True)]
-        pieces.append(tail)
-        block = np.concatenate([b for b, _ in pieces], axis=1)
-        mask = np.concatenate([m for _, m in pieces], axis=1)
-        return _compact(block, mask)
-
-    def stream(elements: np.ndarray, varint: bool) -> np.ndarray:
-        return _varint_stream(elements)[0] if varint else elements.view(np.uint8)
-
-    def flat(piece: _Piece) -> tuple[np.ndarray, np.ndarray]:
-        return _compact(*piece), piece[1].sum(axis=1)
-
-    streams = [flat(head), (stream(lay.value_elements, lay.value_varint), lay.vb)]
-    if khead is not None:
-        assert lay.keys is not None
-        streams += [flat(khead), (stream(lay.keys, True), lay.kb)]
-    streams.append(flat(tail))
+    streams.append(_pack(tail_fields))
     return _interleave(streams)
 
+
+# ---- optional numba kernel
+#
+# The same bytes from one compiled loop per chunk. numba is not a dependency: the processing
+# container and the Lambdas have numpy/scipy only, so the numpy path above stays the reference and
+# this kernel is used only when numba imports (tests check that both give the SDK's bytes).
+
+# Rows + values of a write from which the kernel pays for itself: importing numba and loading the
+# cached kernel take ~0.5-1 s, compiling it the first time a few seconds.
+_NUMBA_MIN_ITEMS = 1 << 21
+_NUMBA_MIN_ITEMS_LOADED = 1 << 16  # when numba is already imported
+_numba_kernel: Any = None  # None: not tried yet; False: unavailable
+
+
+def _encode_kernel_py(
+    indptr: np.ndarray,
+    keys: np.ndarray,
+    has_keys: bool,
+    vraw: np.ndarray,
+    vsize: int,
+    vints: np.ndarray,
+    tag: int,
+    shape_field: np.ndarray,
+    label_block: np.ndarray,
+    label_lens: np.ndarray,
+) -> np.ndarray:  # pragma: no cover - compiled by numba (run as Python in the tests)
+    """Frames of CSR rows: raw values (``vraw``, ``vsize`` bytes each) or Int32 varints (``vints``,
+    ``vsize`` 0), keys as varints when ``has_keys``, then ``shape_field`` and the label bytes."""
+    n = indptr.size - 1
+    vbs = np.empty(n, np.int64)
+    kbs = np.empty(n, np.int64)
+    tensors = np.empty(n, np.int64)
+    records = np.empty(n, np.int64)
+    total = 0
+    for i in range(n):
+        a, b = indptr[i], indptr[i + 1]
+        if vsize > 0:
+            vb = (b - a) * vsize
+        else:
+            vb = 0
+            for j in range(a, b):
+                v = vints[j]
+                if v < 0:
+                    vb += 10
+                else:
+                    vb += 1
+                    while v >= 128:
+                        v >>= 7
+                        vb += 1
+        kb = 0
+        if has_keys:
+            for j in range(a, b):
+                v = keys[j]
+                kb += 1
+                while v >= 128:
+                    v >>= 7
+                    kb += 1
+        tensor = shape_field.size
+        if b > a:
+            x, length = vb, 1
+            while x >= 128:
+                x >>= 7
+                length += 1
+            tensor += 1 + length + vb
+            if has_keys:
+                x, length = kb, 1
+                while x >= 128:
+                    x >>= 7
+                    length += 1
+                tensor += 1 + length + kb
+        size = tensor
+        for extra in (1, 9, 1):  # Value (tag), map entry (key "values", tag), Record (tag)
+            x, length = size, 1
+            while x >= 128:
+                x >>= 7
+                length += 1
+            size += extra + length
+        record = size + label_lens[i]
+        vbs[i], kbs[i], tensors[i], records[i] = vb, kb, tensor, record
+        total += 8 + ((record + 3) & ~3)
+
+    out = np.empty(total, np.uint8)
+    p = 0
+    for i in range(n):
+        a, b = indptr[i], indptr[i + 1]
+        record = records[i]
+        out[p] = 0x0A
+        out[p + 1] = 0x23
+        out[p + 2] = 0xD7
+        out[p + 3] = 0xCE
+        for j in range(4):
+            out[p + 4 + j] = (record >> (8 * j)) & 0xFF
+        p += 8
+        tensor = tensors[i]
+        value = tensor
+        x, length = value, 1
+        while x >= 128:
+            x >>= 7
+            length += 1
+        value += 1 + length
+        entry = value
+        x, length = entry, 1
+        while x >= 128:
+            x >>= 7
+            length += 1
+        entry += 9 + length
+        out[p] = 0x0A
+        p += 1
+        x = entry
+        while x >= 128:
+            out[p] = (x & 0x7F) | 0x80
+            x >>= 7
+            p += 1
+        out[p] = x
+        p += 1
+        for c in (0x0A, 0x06, 0x76, 0x61, 0x6C, 0x75, 0x65, 0x73, 0x12):  # 1:"values", 2:{
+            out[p] = c
+            p += 1
+        x = value
+        while x >= 128:
+            out[p] = (x & 0x7F) | 0x80
+            x >>= 7
+            p += 1
+        out[p] = x
+        p += 1
+        out[p] = tag
+        p += 1
+        x = tensor
+        while x >= 128:
+            out[p] = (x & 0x7F) | 0x80
+            x >>= 7
+            p += 1
+        out[p] = x
+        p += 1
+        if b > a:
+            out[p] = 0x0A
+            p += 1
+            x = vbs[i]
+            while x >= 128:
+                out[p] = (x & 0x7F) | 0x80
+                x >>= 7
+                p += 1
+            out[p] = x
+            p += 1
+            if vsize > 0:
+                for j in range(a * vsize, b * vsize):
+                    out[p] = vraw[j]
+                    p += 1
+            else:
+                for j in range(a, b):
+                    v = vints[j]
+                    if v < 0:  # two's complement as a 10-byte varint
+                        for s in range(9):
+                            out[p] = ((v >> (7 * s)) & 0x7F) | 0x80
+                            p += 1
+                        out[p] = 1
+                        p += 1
+                    else:
+                        while v >= 128:
+                            out[p] = (v & 0x7F) | 0x80
+                            v >>= 7
+                            p += 1
+                        out[p] = v
+                        p += 1
+            if has_keys:
+                out[p] = 0x12
+                p += 1
+                x = kbs[i]
+                while x >= 128:
+                    out[p] = (x & 0x7F) | 0x80
+                    x >>= 7
+                    p += 1
+                out[p] = x
+                p += 1
+                for j in range(a, b):
+                    v = keys[j]
+                    while v >= 128:
+                        out[p] = (v & 0x7F) | 0x80
+                        v >>= 7
+                        p += 1
+                    out[p] = v
+                    p += 1
+        for j in range(shape_field.size):
+            out[p] = shape_field[j]
+            p += 1
+        for j in range(label_lens[i]):
+            out[p] = label_block[i, j]
+            p += 1
+        for _ in range((-record) & 3):
+            out[p] = 0
+            p += 1
+    return out
+
+
+def _numba_encoder() -> Any:
+    """The compiled kernel, or None when numba is not installed (or RECPIPE_NUMBA=0)."""
+    global _numba_kernel
+    if _numba_kernel is None:
+        _numba_kernel = False
+        if os.environ.get("RECPIPE_NUMBA", "1") != "0":
+            try:
+                import numba
+            except ImportError:
+                pass
+            else:
+                _numba_kernel = numba.njit(cache=True, nogil=True)(_encode_kernel_py)
+    return _numba_kernel or None
+
+
+def _encode_compiled(kernel: Any, rows: _Rows) -> np.ndarray:
+    n = rows.indptr.size - 1
+    if rows.value_type == _I4:
+        ints = rows.values.reshape(-1).astype(np.int64, copy=False)
+        _check_int32(ints, "values")
+        vraw, vsize, vints = np.zeros(0, np.uint8), 0, ints
+    else:
+        scalars = np.ascontiguousarray(rows.values.reshape(-1), "<f4" if rows.value_type == _F4 else "<f8")
+        vraw, vsize, vints = scalars.view(np.uint8), scalars.itemsize, np.zeros(0, np.int64)
+    keys = rows.keys if rows.keys is not None else np.zeros(0, np.int64)
+    keys = keys.astype(np.int64, copy=False)  # one signature to compile; signed comparisons
+    shape = np.zeros(0, np.uint8)
+    if rows.keys is not None:
+        shape = np.frombuffer(_shape_field(rows.n_cols), np.uint8).copy()  # writeable: one signature
+    if rows.labels is not None:
+        label_block, label_lens = _label_field(rows)
+        label_block = np.ascontiguousarray(label_block)
+    else:
+        label_block, label_lens = np.zeros((n, 0), np.uint8), np.zeros(n, np.int64)
+    tag = (_TENSOR_FIELD[rows.value_type] << 3) | 2
+    return kernel(
+        rows.indptr, keys, rows.keys is not None, vraw, vsize, vints, tag, shape, label_block, label_lens
+    )
 
 
 _CHUNK_ROWS = 1 << 16
@@ -497,9 +842,27 @@ def _slice(rows: _Rows, start: int, stop: int) -> _Rows:
     )
 
 
+# None: numba (when installed) for writes of at least _NUMBA_MIN_ITEMS rows + values; True/False:
+# always/never (tests).
+_USE_NUMBA: bool | None = None
+
+
 def _write_rows(fileobj: IO[bytes], rows: _Rows) -> None:
+    kernel = None
+    items = rows.indptr.size + rows.values.size
+    if _USE_NUMBA is None:
+        ready = _numba_kernel or "numba" in sys.modules
+        if items >= (_NUMBA_MIN_ITEMS_LOADED if ready else _NUMBA_MIN_ITEMS):
+            kernel = _numba_encoder()
+    elif _USE_NUMBA:
+        kernel = _numba_encoder()
     for start, stop in _chunks(rows.indptr):
-        fileobj.write(_encode(_slice(rows, start, stop)).tobytes())
+        chunk = _slice(rows, start, stop)
+        if kernel is not None:
+            fileobj.write(_encode_compiled(kernel, chunk).data)
+            continue
+        for piece in _encode(chunk):
+            fileobj.write(piece.data)
 
 
 def _frame_sizes(rows: _Rows) -> np.ndarray:

@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ from recpipe.formats.exceptions import RecordIOError
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 sm = pytest.importorskip("sagemaker.amazon.common")
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with each writer: the numpy reference and the optional numba kernel."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setattr(recordio, "_USE_NUMBA", request.param == "numba")
+    return str(request.param)
 
 
 def _random_csr(
@@ -50,7 +60,9 @@ SHAPES = [(1, 1, 1), (50, 7, 7), (300, 200, 20), (200, 70_000, 30), (40, 3_000_0
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("n", "cols", "max_nnz"), SHAPES)
 @pytest.mark.parametrize("with_labels", [True, False])
-def test_sparse_bytes_match_sdk(seed: int, n: int, cols: int, max_nnz: int, with_labels: bool) -> None:
+def test_sparse_bytes_match_sdk(
+    seed: int, n: int, cols: int, max_nnz: int, with_labels: bool, writer: str
+) -> None:
     rng = np.random.default_rng(seed)
     matrix = _random_csr(rng, n, cols, max_nnz)
     labels = rng.normal(size=n).astype(np.float32) if with_labels else None
@@ -71,7 +83,7 @@ def test_sparse_bytes_match_sdk(seed: int, n: int, cols: int, max_nnz: int, with
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize(("n", "cols"), [(1, 1), (30, 5), (100, 64), (10, 600)])
 @pytest.mark.parametrize("with_labels", [True, False])
-def test_dense_bytes_match_sdk(seed: int, n: int, cols: int, with_labels: bool) -> None:
+def test_dense_bytes_match_sdk(seed: int, n: int, cols: int, with_labels: bool, writer: str) -> None:
     rng = np.random.default_rng(seed)
     array = rng.normal(size=(n, cols)).astype(np.float32)
     array[rng.random((n, cols)) < 0.3] = 0.0
@@ -98,7 +110,7 @@ def test_dense_bytes_match_sdk(seed: int, n: int, cols: int, with_labels: bool) 
         (np.float32, int),
     ],
 )
-def test_other_sdk_dtypes_match(value_dtype: type, label_dtype: type) -> None:
+def test_other_sdk_dtypes_match(value_dtype: type, label_dtype: type, writer: str) -> None:
     rng = np.random.default_rng(7)
     if value_dtype is int:
         matrix = sp.csr_matrix(rng.integers(-(2**31), 2**31 - 1, (40, 9)) * (rng.random((40, 9)) < 0.5))
@@ -112,7 +124,7 @@ def test_other_sdk_dtypes_match(value_dtype: type, label_dtype: type) -> None:
     np.testing.assert_array_equal(back_labels, labels)
 
 
-def test_big_chunks_and_uneven_rows_match_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_big_chunks_and_uneven_rows_match_sdk(monkeypatch: pytest.MonkeyPatch, writer: str) -> None:
     rng = np.random.default_rng(3)
     matrix = _random_csr(rng, 400, 5000, 3)
     matrix = sp.vstack([matrix, _random_csr(rng, 2, 5000, 2000), _random_csr(rng, 100, 5000, 3)]).tocsr()
@@ -254,6 +266,7 @@ def test_recordio_module_is_self_contained() -> None:
         "__future__",
         "os",
         "struct",
+        "sys",
         "itertools",
         "collections",
         "dataclasses",
@@ -262,3 +275,36 @@ def test_recordio_module_is_self_contained() -> None:
     )
     assert all(line.split()[1].split(".")[0] in allowed for line in imports), imports
     assert "recpipe" not in "".join(imports)
+    # numba is optional: imported lazily, inside a try, by the one function that compiles the kernel
+    assert source.count("import numba") == 1 and "            import numba\n" in source
+
+
+def test_writer_without_numba_uses_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)  # as in the processing container: no numba
+    monkeypatch.setattr(recordio, "_numba_kernel", None)
+    monkeypatch.setattr(recordio, "_USE_NUMBA", True)
+    rng = np.random.default_rng(8)
+    matrix = _random_csr(rng, 80, 500, 9)
+    labels = rng.normal(size=80).astype(np.float32)
+    assert _ours_sparse(matrix, labels) == _sdk_sparse(matrix, labels)
+    assert recordio._numba_kernel is False
+
+
+@pytest.mark.parametrize("value_dtype", [np.float32, np.float64, int])
+def test_kernel_as_plain_python_matches_numpy_path(value_dtype: type) -> None:
+    """The numba kernel's source is ordinary Python: run it uncompiled against the numpy path."""
+    rng = np.random.default_rng(9)
+    if value_dtype is int:
+        matrix = sp.csr_matrix(rng.integers(-(2**31), 2**31 - 1, (12, 300)) * (rng.random((12, 300)) < 0.05))
+        labels = rng.integers(-3, 300, 12)
+    else:
+        matrix = _random_csr(rng, 12, 3_000_000, 40, value_dtype)
+        labels = rng.normal(size=12).astype(value_dtype)
+    rows = recordio._sparse_rows(matrix, labels)
+    expected = b"".join(piece.tobytes() for piece in recordio._encode(rows))
+    got = recordio._encode_compiled(recordio._encode_kernel_py, rows).tobytes()
+    assert got == expected == _sdk_sparse(matrix, labels)
+    dense = rng.normal(size=(5, 7)).astype(np.float32)
+    rows = recordio._dense_rows(dense, None)
+    expected = b"".join(piece.tobytes() for piece in recordio._encode(rows))
+    assert recordio._encode_compiled(recordio._encode_kernel_py, rows).tobytes() == expected
