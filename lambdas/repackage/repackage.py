@@ -114,6 +114,16 @@ def _delete_stale(s3: Any, prefix: str, keep: set[str]) -> list[str]:
     return stale
 
 
+def user_rows_file(variant: str, manifest: dict[str, Any]) -> str:
+    """The manifest file holding the variant's user rows. With a sequence context
+    (``processing.context_items``) a user's row ends with their most recent interactions, which
+    differ between the training part (the "eval" variant: ``user_rows_train``) and all data (the
+    "serve" variant: ``user_rows``). Manifests without ``user_rows_train`` have one set of rows."""
+    if variant == "eval" and (manifest.get("files") or {}).get("user_rows_train"):
+        return "user_rows_train"
+    return "user_rows"
+
+
 def repackage(request: RepackageRequest, *, s3: Any) -> dict[str, Any]:
     """Read the model and feature rows, write item and user vectors; return the step's result."""
     manifest = runs.load_manifest(s3, request.manifest)
@@ -123,7 +133,7 @@ def repackage(request: RepackageRequest, *, s3: Any) -> dict[str, Any]:
     user_rows, item_rows = (
         runs.load_csr(s3, runs.required_file_uri(request.manifest, manifest, name, "Repackage"),
                       (n, feature_dim))
-        for name, n in (("user_rows", n_users), ("item_rows", n_items))
+        for name, n in ((user_rows_file(request.variant, manifest), n_users), ("item_rows", n_items))
     )
     try:
         vectors.check_disjoint_columns(user_rows, item_rows)
