@@ -116,7 +116,9 @@ def test_no_holdout_is_a_clear_error(aws: tuple[Any, Any]) -> None:
     ({"k": 5}, InputError, "'k' must be 10"),
     ({"manifest": f"s3://{BUCKET}/nope/manifest.json"}, NotFoundError, "nope/manifest.json"),
 ])
-def test_bad_events(aws: tuple[Any, Any], change: dict[str, Any], error: type[Exception], message: str) -> None:
+def test_bad_events(
+    aws: tuple[Any, Any], change: dict[str, Any], error: type[Exception], message: str
+) -> None:
     s3, ddb = aws
     event, _ = make_run(s3)
     event.update(change)
