@@ -292,14 +292,10 @@ def recpipe_engine(data_dir: Path, overrides: Mapping[str, Any]) -> tuple[Row, p
 
 
 def _state_seconds(outcome: Any, name: str, variant: str) -> float:
+    """Duration of a state of one model variant (``StateRun.seconds``), NaN when absent."""
     for state in outcome.states:
-        label = getattr(state, "name", "")
-        if label.startswith(name) and variant in label and getattr(state, "ended", None) is not None:
-            return (
-                float((state.ended - state.started).total_seconds())
-                if hasattr(state.ended, "year")
-                else float(state.ended - state.started)
-            )
+        if state.name == name and state.variant == variant and state.seconds is not None:
+            return float(state.seconds)
     return math.nan
 
 
