@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,8 +30,10 @@ from recpipe.local.history import summarise_cause
 
 app = typer.Typer(help="recpipe: batch recommendations with SageMaker FM + k-NN, on AWS or locally.",
                   no_args_is_help=True, add_completion=False)
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output (CI logs, files) is not cut at Rich's default 80 columns.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+console = Console(highlight=False, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=_WIDTH)
 
 WORKDIR = typer.Option(Path(".recpipe"), "--workdir", help="Local state directory.")
 DYNAMODB = typer.Option(None, "--dynamodb-endpoint",
@@ -398,16 +401,19 @@ def status(run_id: str | None = typer.Argument(None, help="Run id or execution n
         console.print(f"  error: {escape(str(record['error']))}\n"
                       f"  cause: {escape(summarise_cause(record.get('cause')))}")
     out = Table(show_header=True)
-    for column in ("state", "outcome", "started", "duration", "error"):
-        out.add_column(column)
+    out.add_column("state", no_wrap=True, min_width=24)
+    out.add_column("outcome")
+    out.add_column("started", no_wrap=True)
+    out.add_column("duration", justify="right", no_wrap=True)
+    out.add_column("error", overflow="fold")
     for data_ in record.get("states", []):
         run_ = StateRun.from_json(data_)
         outcome = run_.status + (" (caught)" if run_.caught else "")
         if run_.attempts > 1:
             outcome += f", {run_.attempts} attempts"
         style = {"succeeded": "green", "failed": "red"}.get(run_.status, "")
-        out.add_row(run_.label, Text(outcome, style=style),
-                    run_.started.strftime("%H:%M:%S.%f")[:-3], _duration(run_.seconds), run_.error or "")
+        out.add_row(Text(run_.label), Text(outcome, style=style),
+                    run_.started.strftime("%H:%M:%S"), _duration(run_.seconds), Text(run_.error or ""))
     console.print(out)
 
 

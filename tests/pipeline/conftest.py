@@ -139,6 +139,9 @@ def run_pipeline(pipeline: PipelineRun, pipeline_env: dict[str, Any]) -> Iterato
     """Run again after the successful run (so an active version exists)."""
 
     def runner(**kwargs: Any) -> PipelineRun:
+        # Hogwild FM training is not bit-reproducible: keep the regression guard of the quality gate
+        # out of the way so that only the injected failure can stop a run.
+        kwargs["overrides"] = {"evaluation.max_regression": 1.0, **(kwargs.get("overrides") or {})}
         return _run(pipeline_env, **kwargs)
 
     yield runner
