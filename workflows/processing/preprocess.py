@@ -52,8 +52,14 @@ Semantics (docs/CONTRACTS.md has the output layout):
   users/items present in the interactions, sorted (numerically when all values are numbers).
   Users/items absent from a table get no feature columns; a table none of whose ids matches the
   interactions is an error.
-* Column layout: users, items, user feature columns, item feature columns. ``meta/user_rows.npz``
-  and ``meta/item_rows.npz`` hold x_u and x_i, and every training row is exactly x_u + x_i.
+* Column layout: users, items, user feature columns, item feature columns, then (with
+  ``processing.context_items`` > 0) a sequence-context block of one column per item
+  (:class:`SequenceContext`): a training row is x_u + x_i + the user's recent interactions before
+  it; ``meta/user_rows.npz`` holds each user's scoring row with the context at the end of all data
+  (the serve model), ``meta/user_rows_train.npz`` at the end of the training part (the eval model);
+  ``meta/item_rows.npz`` holds x_i. Without the context every training row is exactly x_u + x_i.
+* Implicit mode writes ``processing.negative_rounds`` rounds: the positives again, each time with
+  fresh negatives, one round in memory at a time.
 
 Bad input ends the job with exit status 1 and a one-line reason on stderr and in the failure file.
 Locations: CSV rows are named by line as a text editor counts them (the header is line 1, so the
@@ -74,7 +80,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -806,63 +812,138 @@ def sample_negatives(seen: sp.csr_matrix, wanted: np.ndarray,
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SequenceContext:
+    """The recent-interactions block of a user's feature row (``processing.context_items``).
+
+    ``items`` holds one set's interactions in (user, time, item) order, ``indptr`` each user's
+    range in it. The context of position ``a`` (exclusive: what the user did *before* interaction
+    ``a``) is the ``length`` interactions just before it, the j-th most recent (j = 0, 1, ...)
+    weighted ``decay**j``, the row scaled by ``1 / sqrt(sum of its weights)``, in the columns
+    ``offset + item``. Training rows take the context before their own interaction (a sequence
+    model in FM form, as FPMC); a user's inference row takes the context at the end of the set
+    (``anchor = indptr[u + 1]``), i.e. the most recent interactions.
+    """
+
+    items: np.ndarray
+    indptr: np.ndarray
+    length: int
+    decay: float
+    offset: int
+    dim: int
+
+    @classmethod
+    def of(cls, users: np.ndarray, items: np.ndarray, n_users: int, *, length: int, decay: float,
+           offset: int, dim: int) -> SequenceContext:
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))]).astype(np.int64)
+        return cls(items.astype(np.int64), indptr, length, decay, offset, dim)
+
+    def rows(self, users: np.ndarray, anchors: np.ndarray) -> sp.csr_matrix:
+        """CSR ``(len(users), dim)``: the context of each (user, anchor position)."""
+        users = np.asarray(users, dtype=np.int64)
+        anchors = np.asarray(anchors, dtype=np.int64)
+        count = np.minimum(anchors - self.indptr[users], self.length)
+        indptr = np.concatenate([[0], np.cumsum(count)])
+        age = np.arange(int(indptr[-1]), dtype=np.int64) - np.repeat(indptr[:-1], count)
+        cols = self.offset + self.items[np.repeat(anchors, count) - 1 - age]
+        weights = self.decay ** np.arange(max(self.length, 1), dtype=np.float64)
+        norm = np.concatenate([[1.0], np.cumsum(weights)])  # norm[c] = sum of the first c weights
+        vals = (weights[age] / np.sqrt(np.repeat(norm[count], count))).astype(np.float32)
+        dtype = np.int32 if self.dim < 2**31 else np.int64
+        matrix = sp.csr_matrix((vals, cols.astype(dtype), indptr), shape=(len(users), self.dim))
+        matrix.sort_indices()
+        if self.decay == 0.0:
+            matrix.eliminate_zeros()
+        return matrix
+
+    def user_rows(self, base: sp.csr_matrix) -> sp.csr_matrix:
+        """Inference rows: ``base`` (id + side features) plus each user's most recent context."""
+        n_users = base.shape[0]
+        matrix = (base + self.rows(np.arange(n_users), self.indptr[1:])).tocsr().astype(np.float32)
+        matrix.sort_indices()
+        return matrix
+
+
 def _training_rows(user_rows: sp.csr_matrix, item_rows: sp.csr_matrix, users: np.ndarray,
-                   items: np.ndarray) -> sp.csr_matrix:
-    """Rows x_u + x_i for the given (user, item) pairs."""
+                   items: np.ndarray, context: SequenceContext | None = None,
+                   anchors: np.ndarray | None = None) -> sp.csr_matrix:
+    """Rows x_u + x_i (+ the context before each anchor) for the given (user, item) pairs."""
     n_users, dim = user_rows.shape
     n = len(users)
-    if user_rows.nnz == n_users and item_rows.nnz == item_rows.shape[0]:  # ids only: 2 ones per row
-        indices = np.empty(2 * n, dtype=np.int32 if dim < 2**31 else np.int64)
+    if context is None and user_rows.nnz == n_users and item_rows.nnz == item_rows.shape[0]:
+        indices = np.empty(2 * n, dtype=np.int32 if dim < 2**31 else np.int64)  # ids only: 2 ones per row
         indices[0::2] = users
         indices[1::2] = n_users + items
         indptr = np.arange(0, 2 * n + 1, 2, dtype=np.int64)
         return sp.csr_matrix((np.ones(2 * n, dtype=np.float32), indices, indptr), shape=(n, dim))
-    matrix = (user_rows[users] + item_rows[items]).tocsr()
+    matrix = user_rows[users] + item_rows[items]
+    if context is not None:
+        assert anchors is not None
+        matrix = matrix + context.rows(users, anchors)
+    matrix = matrix.tocsr()
     matrix.sort_indices()
     return matrix.astype(np.float32)
 
 
-def _write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matrix, users: np.ndarray,
-               items: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> int:
-    """Shuffle the rows and write them as recordio-protobuf shards ``part-00000.pbr``, ... of at most
-    MAX_SHARD_BYTES each (whole records; chunks are encoded in memory, then appended or rotated)."""
+@dataclass
+class Round:
+    """One pass of training rows: (user, item, label) and, with a sequence context, each row's anchor."""
+
+    users: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray
+    anchors: np.ndarray | None = None
+
+
+def _write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matrix,
+               rounds: Iterable[Round], rng: np.random.Generator,
+               context: SequenceContext | None = None) -> int:
+    """Write the rounds one after the other, each shuffled, as recordio-protobuf shards
+    ``part-00000.pbr``, ... of at most MAX_SHARD_BYTES each (whole records; chunks are encoded in
+    memory, then appended or rotated). Only one round is in memory at a time."""
     directory.mkdir(parents=True, exist_ok=True)
-    n = len(users)
-    perm = rng.permutation(n)
-    users, items, labels = users[perm], items[perm], labels[perm].astype(np.float32)
-    del perm
-    shard, size = 0, 0
+    shard, size, written = 0, 0, 0
     fh: Any = None
     chunk = 4096
-    start = 0
     try:
-        while start < n:
-            stop = min(start + chunk, n)
-            buffer = io.BytesIO()
-            recordio.write_sparse(buffer, _training_rows(user_rows, item_rows, users[start:stop],
-                                                         items[start:stop]), labels[start:stop])
-            encoded = buffer.getbuffer()
-            if len(encoded) > MAX_SHARD_BYTES and stop - start > 1:  # too big for any shard: smaller chunk
-                chunk = max(1, (stop - start) // 4)
+        for batch in rounds:
+            n = len(batch.users)
+            perm = rng.permutation(n)
+            users, items = batch.users[perm], batch.items[perm]
+            labels = batch.labels[perm].astype(np.float32)
+            anchors = batch.anchors[perm] if batch.anchors is not None else None
+            del perm, batch
+            start = 0
+            while start < n:
+                stop = min(start + chunk, n)
+                buffer = io.BytesIO()
+                rows = _training_rows(user_rows, item_rows, users[start:stop], items[start:stop], context,
+                                      anchors[start:stop] if anchors is not None else None)
+                recordio.write_sparse(buffer, rows, labels[start:stop])
+                del rows
+                encoded = buffer.getbuffer()
+                if len(encoded) > MAX_SHARD_BYTES and stop - start > 1:  # too big for a shard: smaller chunk
+                    chunk = max(1, (stop - start) // 4)
+                    del encoded, buffer
+                    continue
+                if fh is not None and size + len(encoded) > MAX_SHARD_BYTES:
+                    fh.close()
+                    fh = None
+                if fh is None:
+                    fh = (directory / f"part-{shard:05d}.pbr").open("wb")
+                    shard, size = shard + 1, 0
+                fh.write(encoded)
+                size += len(encoded)
+                # Chunks of about 1/16 of a shard: shards end close to the bound, writes stay efficient.
+                per_row = max(len(encoded) / (stop - start), 1.0)
+                chunk = max(1, min(1_000_000, int(MAX_SHARD_BYTES / 16 / per_row)))
                 del encoded, buffer
-                continue
-            if fh is not None and size + len(encoded) > MAX_SHARD_BYTES:
-                fh.close()
-                fh = None
-            if fh is None:
-                fh = (directory / f"part-{shard:05d}.pbr").open("wb")
-                shard, size = shard + 1, 0
-            fh.write(encoded)
-            size += len(encoded)
-            # Chunks of about 1/16 of a shard: shards end close to the bound, writes stay efficient.
-            per_row = max(len(encoded) / (stop - start), 1.0)
-            chunk = max(1, min(1_000_000, int(MAX_SHARD_BYTES / 16 / per_row)))
-            del encoded, buffer
-            start = stop
+                start = stop
+            written += n
     finally:
         if fh is not None:
             fh.close()
-    return n
+    return written
 
 
 def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -914,6 +995,45 @@ def _load_config(paths: Paths) -> dict[str, Any]:
         raise BadInputError(rel, str(exc)) from exc
 
 
+def _negative_anchors(pos_users: np.ndarray, pos_anchors: np.ndarray, neg_users: np.ndarray,
+                      n_users: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Spread each user's negatives over that user's positives at random, evenly: ``(order,
+    anchors)`` where ``order`` groups the negatives by user and ``anchors[k]`` is the anchor of
+    negative ``order[k]`` (the position of the positive whose context it shares). The negatives
+    come out of the sampler sorted by item: without the shuffle, early positives would always get
+    low item indices, a pattern the model would learn."""
+    shuffled = rng.permutation(len(neg_users))
+    order = shuffled[np.argsort(neg_users[shuffled], kind="stable")]
+    by_user = neg_users[order]
+    n_pos = np.bincount(pos_users, minlength=n_users)
+    n_neg = np.bincount(by_user, minlength=n_users)
+    pos_start = np.cumsum(n_pos) - n_pos
+    k = np.arange(len(by_user)) - (np.cumsum(n_neg) - n_neg)[by_user]
+    return order, pos_anchors[pos_start[by_user] + k % n_pos[by_user]]
+
+
+def _implicit_rounds(pos_users: np.ndarray, pos_items: np.ndarray, pos_anchors: np.ndarray | None,
+                     exclude: sp.csr_matrix, per_positive: int, n_rounds: int, rng: np.random.Generator,
+                     counts: dict[str, int], name: str) -> Iterator[Round]:
+    """``n_rounds`` times the positives, each time with freshly sampled negatives (the built-in FM
+    cannot resample per epoch; several rounds in one file come close). Positives are ordered by
+    user (the prepared order), which :func:`_negative_anchors` relies on."""
+    n_users = exclude.shape[0]
+    wanted = per_positive * np.bincount(pos_users, minlength=n_users)
+    counts[f"{name}_positives"], counts[f"{name}_negatives"] = len(pos_users), 0
+    for _ in range(n_rounds):
+        neg_users, neg_items = sample_negatives(exclude, wanted, rng)
+        anchors = None
+        if pos_anchors is not None:
+            order, neg_anchors = _negative_anchors(pos_users, pos_anchors, neg_users, n_users, rng)
+            neg_users, neg_items = neg_users[order], neg_items[order]
+            anchors = np.concatenate([pos_anchors, neg_anchors])
+        counts[f"{name}_negatives"] += len(neg_users)
+        labels = np.concatenate([np.ones(len(pos_users), np.float32), np.zeros(len(neg_users), np.float32)])
+        yield Round(np.concatenate([pos_users, neg_users]), np.concatenate([pos_items, neg_items]), labels,
+                    anchors)
+
+
 def run(opt_ml: Path) -> dict[str, Any]:
     """The whole step; returns the manifest. Raises BadInputError on bad input."""
     paths = Paths(opt_ml)
@@ -942,13 +1062,19 @@ def run(opt_ml: Path) -> dict[str, Any]:
     user_feat_offset = n_users + n_items
     item_feat_offset = user_feat_offset + user_feats.size
     dim = item_feat_offset + item_feats.size
+    context_items = int(conf["processing.context_items"])
+    context_offset = dim
+    if context_items:
+        dim += n_items
     user_rows = _entity_rows(n_users, 0, user_feats, user_feat_offset, dim)
     item_rows = _entity_rows(n_items, n_users, item_feats, item_feat_offset, dim)
-    layout = {
+    layout: dict[str, Any] = {
         "users": [0, n_users], "items": [n_users, n_items],
         "user_features": {k: [user_feat_offset + o, s] for k, (o, s) in user_feats.layout.items()},
         "item_features": {k: [item_feat_offset + o, s] for k, (o, s) in item_feats.layout.items()},
     }
+    if context_items:
+        layout["context"] = [context_offset, n_items]
 
     ratings = prep.ratings
     positive = ratings >= threshold if ratings is not None else np.ones(n_inter, dtype=bool)
@@ -961,16 +1087,33 @@ def run(opt_ml: Path) -> dict[str, Any]:
     seen_train = _seen_matrix(prep.users[train_mask], prep.items[train_mask], n_users, n_items) \
         if has_holdout else seen_all
 
+    sets = {"train": train_mask, "full": np.ones(n_inter, dtype=bool)}
+    # Each model's user rows: with a sequence context they end with the user's most recent
+    # interactions of the data that model learns from (train part or everything).
+    contexts: dict[str, SequenceContext | None] = {"train": None, "test": None, "full": None}
+    inference = {"train": user_rows, "full": user_rows}
+    if context_items:
+        for name in ("train", "full"):
+            mask = sets[name]
+            ctx = SequenceContext.of(prep.users[mask], prep.items[mask], n_users, length=context_items,
+                                     decay=float(conf["processing.context_decay"]), offset=context_offset,
+                                     dim=dim)
+            contexts[name], inference[name] = ctx, ctx.user_rows(user_rows)
+    if has_holdout:
+        sets["test"] = prep.holdout
+
     output = paths.output
     _clear_output(output)
     counts: dict[str, int] = {}
-    sets = {"train": train_mask, "full": np.ones(n_inter, dtype=bool)}
-    if has_holdout:
-        sets["test"] = prep.holdout
     for name in ("train", "test", "full"):
         if name not in sets:
             continue
         mask = sets[name]
+        context = contexts[name]
+        # Test rows are scored as the eval model scores users: with their inference rows.
+        base = inference["train"] if name == "test" else user_rows
+        position = np.cumsum(mask) - 1  # index of each of the set's interactions in its sequence
+        rounds: Iterable[Round]
         if implicit:
             rows_mask = mask & positive
             # An empty test set would leave the eval variant's test channel (set up by Prepare
@@ -980,29 +1123,30 @@ def run(opt_ml: Path) -> dict[str, Any]:
                                     f"(ratings >= processing.positive_threshold={threshold:g})"
                                     + ("; lower the threshold or set evaluation.holdout_fraction to 0"
                                        if name == "test" else ""))
-            pos_users, pos_items = prep.users[rows_mask], prep.items[rows_mask]
-            wanted = per_positive * np.bincount(pos_users, minlength=n_users)
-            exclude = seen_train if name == "train" else seen_all
-            neg_users, neg_items = sample_negatives(exclude, wanted, rng_neg[name])
-            users = np.concatenate([pos_users, neg_users])
-            items = np.concatenate([pos_items, neg_items])
-            labels = np.concatenate([np.ones(len(pos_users), np.float32),
-                                     np.zeros(len(neg_users), np.float32)])
-            counts[f"{name}_positives"], counts[f"{name}_negatives"] = len(pos_users), len(neg_users)
+            n_rounds = 1 if name == "test" else int(conf["processing.negative_rounds"])
+            rounds = _implicit_rounds(
+                prep.users[rows_mask], prep.items[rows_mask], position[rows_mask] if context else None,
+                seen_train if name == "train" else seen_all, per_positive, n_rounds, rng_neg[name],
+                counts, name)
         else:
             assert ratings is not None
-            users, items, labels = prep.users[mask], prep.items[mask], ratings[mask].astype(np.float32)
+            rounds = [Round(prep.users[mask], prep.items[mask], ratings[mask].astype(np.float32),
+                            position[mask] if context else None)]
             counts[f"{name}_positives"], counts[f"{name}_negatives"] = int((mask & positive).sum()), 0
-        counts[f"{name}_rows"] = _write_set(output / name, user_rows, item_rows, users, items, labels,
-                                            rng_shuffle[name])
+        counts[f"{name}_rows"] = _write_set(output / name, base, item_rows, rounds, rng_shuffle[name],
+                                            context)
         _log(f"wrote {name}/: {counts[f'{name}_rows']:,} rows")
-        del users, items, labels
+        del rounds
 
     meta = output / "meta"
     meta.mkdir(parents=True, exist_ok=True)
     _write_ids(meta / "user_ids.txt", prep.user_ids)
     _write_ids(meta / "item_ids.txt", prep.item_ids)
-    sp.save_npz(meta / "user_rows.npz", user_rows)
+    sp.save_npz(meta / "user_rows.npz", inference["full"])
+    user_rows_train = "meta/user_rows.npz"
+    if context_items and has_holdout:
+        user_rows_train = "meta/user_rows_train.npz"
+        sp.save_npz(meta / "user_rows_train.npz", inference["train"])
     sp.save_npz(meta / "item_rows.npz", item_rows)
     # Uncompressed: zlib would cost seconds per million interactions; load_npz reads both kinds.
     sp.save_npz(meta / "seen_train.npz", seen_train, compressed=False)
@@ -1039,7 +1183,8 @@ def run(opt_ml: Path) -> dict[str, Any]:
         "files": {
             "train": "train/", "test": "test/" if has_holdout else None, "full": "full/",
             "user_ids": "meta/user_ids.txt", "item_ids": "meta/item_ids.txt",
-            "user_rows": "meta/user_rows.npz", "item_rows": "meta/item_rows.npz",
+            "user_rows": "meta/user_rows.npz", "user_rows_train": user_rows_train,
+            "item_rows": "meta/item_rows.npz",
             "seen_train": "meta/seen_train.npz", "seen_all": "meta/seen_all.npz",
             "holdout": "meta/holdout.csv" if has_holdout else None,
             "feature_values": "meta/features.json",

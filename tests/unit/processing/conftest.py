@@ -47,6 +47,9 @@ class Job:
         return path
 
     def config(self, **values: Any) -> None:
+        """Write the job's config. Unless a test says otherwise, rows are plain FM rows (no sequence
+        context, one round of negatives), so that a training row is exactly x_u + x_i."""
+        values = {"processing.context_items": 0, "processing.negative_rounds": 1, **values}
         path = self.opt_ml / "processing" / "input" / "config" / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))

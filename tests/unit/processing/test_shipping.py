@@ -94,13 +94,15 @@ def test_movielens_100k(ml100k: Path, tmp_path: Path) -> None:
     assert counts["users"] == 943 and counts["items"] == 1682
     assert counts["interactions"] == 100_000 and counts["duplicates"] == 0
     assert counts["positives"] == 55_375  # ratings >= 4
-    assert counts["full_rows"] == counts["positives"] + counts["negatives"]
-    assert counts["train_rows"] == counts["train_positives"] + counts["train_negatives"]
+    rounds = manifest["config"]["processing.negative_rounds"]  # positives written once per round
+    assert counts["full_rows"] == rounds * counts["positives"] + counts["negatives"]
+    assert counts["train_rows"] == rounds * counts["train_positives"] + counts["train_negatives"]
     assert list(manifest["layout"]["user_features"]) == ["age", "gender", "occupation"]
     assert list(manifest["layout"]["item_features"]) == ["release_year", "genres"]
     assert manifest["layout"]["item_features"]["genres"][1] == 19
     end = manifest["layout"]["item_features"]["genres"]
-    assert manifest["feature_dim"] == end[0] + end[1]
+    assert manifest["layout"]["context"] == [end[0] + end[1], 1682]  # the sequence context block
+    assert manifest["feature_dim"] == end[0] + end[1] + 1682
     # every user holds out ceil(0.2 * n_u) of their ratings
     seen = job.npz("seen_all")
     n_u = np.diff(seen.indptr)
