@@ -9,22 +9,30 @@ Data (seeded): FM-like vectors as Repackage produces them, user ``concat(V^T x_u
 ``b_i = 0.2 * log(popularity)`` standardised, user factors ~ N(0, 1/64) scaled by a log-normal
 activity; items stored in a random order.
 
-Figures, all measured in this run on the same threads (the machine is shared, so only ratios mean
-much): the float32 matmul peak (the best, before and after the kernel, of a 4096^2 numpy sgemm on
-BLAS's own threads and of one single-threaded 2048^2 sgemm per thread run side by side), the
-kernel's time and achieved GFLOP/s = 2 * users * items * dims / seconds, its share of the peak, and
-faiss's ``IndexFlatIP.search`` for the same job as the baseline, plus how many neighbours agree.
+Figures, all measured in this run (the machine is shared and its load swings within seconds, so
+only ratios measured side by side mean much):
+
+- the float32 matmul peak, measured the way the kernel uses the cores: one single-threaded numpy
+  sgemm (2048^2) per thread, side by side, best of two, as a short burst before and after each of
+  ``--chunks`` user chunks; each chunk's GFLOP/s (2 * users * items * dims / seconds) is divided by
+  the better of its two bursts, and ``peak_share`` is the median over chunks (``cpu_peak_share`` the
+  same per CPU-second, which time-slicing by other processes does not distort); one 4096^2 sgemm on
+  BLAS's own threads is printed for reference;
+- faiss's ``IndexFlatIP.search`` on the same job (``faiss_seconds``), and how many neighbours agree.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,28 +59,10 @@ def fm_like(n_users: int, n_items: int, dim: int, seed: int = 0) -> tuple[np.nda
     return users, items
 
 
-def sgemm_peak(n: int = 4096, repeats: int = 3) -> float:
-    """Best float32 matmul rate (GFLOP/s) of numpy's BLAS on its default threads."""
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), dtype=np.float32)
-    np.matmul(a, b, out=c)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best / 1e9
-
-
-def sgemm_peak_per_thread(threads: int, n: int = 2048, repeats: int = 3) -> float:
-    """Best aggregate rate (GFLOP/s) of ``threads`` Python threads each running single-threaded numpy
-    sgemm on its own matrices at once: the way the kernel itself uses the cores."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
+def sgemm_burst(threads: int, n: int = 2048, repeats: int = 2) -> tuple[float, float]:
+    """A short float32 matmul peak, run the way the kernel uses the cores: ``threads`` Python threads,
+    each a single-threaded numpy sgemm on its own matrices, side by side. Returns the best
+    aggregate wall rate and the best rate per CPU-second x threads (GFLOP/s)."""
     rng = np.random.default_rng(2)
     mats = [(rng.standard_normal((n, n), dtype=np.float32), np.empty((n, n), dtype=np.float32))
             for _ in range(threads)]
@@ -81,18 +71,30 @@ def sgemm_peak_per_thread(threads: int, n: int = 2048, repeats: int = 3) -> floa
         a, c = mats[i]
         np.matmul(a, a, out=c)
 
-    best = float("inf")
+    flops = threads * 2.0 * n**3
+    best_wall = best_cpu = float("inf")
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, range(threads)))
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             list(pool.map(work, range(threads)))
-            best = min(best, time.perf_counter() - t)
-    return threads * 2.0 * n**3 / best / 1e9
+            best_wall = min(best_wall, time.perf_counter() - t)
+            best_cpu = min(best_cpu, time.process_time() - c)
+    return flops / best_wall / 1e9, threads * flops / best_cpu / 1e9
 
 
-def peak_now(threads: int) -> tuple[float, float]:
-    return sgemm_peak(), sgemm_peak_per_thread(threads)
+def sgemm_peak_blas(n: int = 4096, repeats: int = 2) -> float:
+    """One large numpy sgemm on BLAS's own threads (best wall rate, GFLOP/s), for reference."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, a, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.matmul(a, a, out=c)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best / 1e9
 
 
 def main() -> None:
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=62_423)
     parser.add_argument("--dim", type=int, default=65)
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--chunks", type=int, default=8, help="user chunks, a peak burst around each")
     parser.add_argument("--skip-faiss", action="store_true", help="no faiss baseline (quicker)")
     args = parser.parse_args()
 
@@ -111,20 +114,37 @@ def main() -> None:
           f"{threads} threads, load average {os.getloadavg()[0]:.2f}")
 
     topk_inner_product(users[:512], items[:4096], args.k)  # compile / load the numba kernels
-    before = peak_now(threads)
-    print(f"sgemm peak before: {before[0]:8.1f} GFLOP/s (one 4096^2 numpy call, BLAS threads), "
-          f"{before[1]:8.1f} GFLOP/s ({threads} threads x single-threaded 2048^2)")
+    print(f"sgemm peak, one 4096^2 call on BLAS's threads: {sgemm_peak_blas():.1f} GFLOP/s (reference only)")
 
-    t = time.perf_counter()
-    scores, idx = topk_inner_product(users, items, args.k, threads=threads)
-    seconds = time.perf_counter() - t
+    # The machine is shared and its load swings within seconds, so the kernel runs in chunks of users
+    # with a short peak burst before and after each; each chunk is judged against the better of its
+    # two bursts (the strict choice), and the figure reported is the median over chunks.
+    bounds = np.linspace(0, args.users, args.chunks + 1).astype(int)
+    scores = np.empty((args.users, args.k), np.float32)
+    idx = np.empty((args.users, args.k), np.int64)
+    burst = sgemm_burst(threads)
+    seconds = cpu_seconds = 0.0
+    shares, cpu_shares, peaks = [], [], [burst[0]]
+    for lo, hi in itertools.pairwise(bounds.tolist()):
+        t, c = time.perf_counter(), time.process_time()
+        scores[lo:hi], idx[lo:hi] = topk_inner_product(users[lo:hi], items, args.k, threads=threads)
+        dt, dc = time.perf_counter() - t, time.process_time() - c
+        seconds += dt
+        cpu_seconds += dc
+        nxt = sgemm_burst(threads)
+        chunk_flops = 2.0 * (hi - lo) * args.items * args.dim
+        shares.append(chunk_flops / dt / 1e9 / max(burst[0], nxt[0]))
+        cpu_shares.append(threads * chunk_flops / dc / 1e9 / max(burst[1], nxt[1]))
+        peaks.append(nxt[0])
+        burst = nxt
     rate = flops / seconds / 1e9
-
-    after = peak_now(threads)
-    peak = max(*before, *after)  # the best of both ways, before and after: the strictest reference
-    share = rate / peak
-    print(f"sgemm peak after:  {after[0]:8.1f} GFLOP/s, {after[1]:8.1f} GFLOP/s   (peak used: {peak:.1f})")
-    print(f"topk_inner_product:          {seconds:8.2f} s   {rate:8.1f} GFLOP/s   {share:6.1%} of peak")
+    share = float(np.median(shares))
+    cpu_share = float(np.median(cpu_shares))
+    print(f"sgemm peak bursts ({threads} threads x single-threaded 2048^2): "
+          f"{min(peaks):.1f} .. {max(peaks):.1f} GFLOP/s (median {np.median(peaks):.1f})")
+    print(f"topk_inner_product:       {seconds:8.2f} s   {rate:8.1f} GFLOP/s   "
+          f"share of the adjacent peak: median {share:.1%} (chunks {min(shares):.1%} .. {max(shares):.1%}); "
+          f"per CPU-second: {cpu_share:.1%}")
 
     faiss_seconds = float("nan")
     if not args.skip_faiss:
@@ -133,19 +153,23 @@ def main() -> None:
         faiss.omp_set_num_threads(threads)
         index = faiss.IndexFlatIP(args.dim)
         index.add(items)
+        before = sgemm_burst(threads)[0]
         t = time.perf_counter()
         f_scores, f_idx = index.search(users, args.k)
         faiss_seconds = time.perf_counter() - t
+        f_peak = max(before, sgemm_burst(threads)[0])
         f_rate = flops / faiss_seconds / 1e9
-        print(f"faiss IndexFlatIP.search:    {faiss_seconds:8.2f} s   {f_rate:8.1f} GFLOP/s   "
-              f"{f_rate / peak:6.1%} of peak   (kernel is {faiss_seconds / seconds:.2f}x faster)")
+        print(f"faiss IndexFlatIP.search: {faiss_seconds:8.2f} s   {f_rate:8.1f} GFLOP/s   "
+              f"{f_rate / f_peak:.1%} of the adjacent peak   (the kernel took {seconds / faiss_seconds:.2f}x "
+              f"its time)")
         same = float(np.mean(idx == f_idx))
         same_sets = float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(idx[:5000], f_idx[:5000],
                                                                               strict=True)])) / args.k
         score_diff = float(np.max(np.abs(scores - f_scores)))
         print(f"agreement with faiss: {same:.5%} of slots, {same_sets:.5%} of neighbour sets "
               f"(first 5,000 users), max score difference {score_diff:.2e}")
-    print(f"RESULT seconds={seconds:.3f} peak_share={share:.3f} faiss_seconds={faiss_seconds:.3f}")
+    print(f"RESULT seconds={seconds:.3f} peak_share={share:.3f} faiss_seconds={faiss_seconds:.3f} "
+          f"cpu_peak_share={cpu_share:.3f}")
 
 
 if __name__ == "__main__":
