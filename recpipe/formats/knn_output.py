@@ -8,18 +8,28 @@ One JSON object per input record, in input order::
 the service does) and ``distances`` are sorted from smallest to largest, as the service returns
 them (for ``INNER_PRODUCT`` the "distance" is the negated score).
 
+Both directions work on blocks of lines with array operations (numpy only: the reader runs in
+the publish Lambda):
+
+- ``write_verbose_jsonlines`` formats every number of a block at once into fixed-width byte slots
+  (integral labels as ``123.0``; distances with 9 significant digits, ``1.25e-3``, enough for every
+  float32 to read back exactly; ``NaN``/``Infinity`` spelt as ``json.dumps`` does) and drops the
+  unused slot bytes with one boolean compaction.
+- ``read_verbose_jsonlines`` checks a block's structure with array operations (every line must
+  be the object above, keys in that order, any JSON whitespace), then parses all its numbers with
+  one ``np.fromstring`` call. A block that is not in that layout (other key order, extra keys,
+  malformed lines) is parsed line by line with ``json.loads``, which is also where malformed lines
+  are reported with their 1-based line number.
+
 ``read_verbose_jsonlines`` returns dense ``(n, k)`` arrays; rows with fewer than ``k`` neighbours
-(k = the longest row) are padded with label ``-1`` and distance ``nan``. It parses whole blocks of
-lines with numpy's C text parser after stripping the JSON punctuation, and falls back to
-``json.loads`` line by line for blocks that are not in the regular layout (which is also where
-malformed lines are reported, with their 1-based line number).
+(k = the longest row) are padded with label ``-1`` and distance ``nan``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import IO
 
@@ -31,20 +41,190 @@ __all__ = ["read_verbose_jsonlines", "write_verbose_jsonlines"]
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
-_BLOCK_LINES = 4096
-_KEYS = (b'"predicted_label"', b'"labels"', b'"distances"')
+_BLOCK_LINES = 4096  # lines per block (reader and writer)
+_BLOCK_BYTES = 1 << 22  # and at most about this many bytes per block (reader)
+
+# --------------------------------------------------------------------------------------------------
+# writer
+
+_PREFIX = b'{"predicted_label": '
+_MID_LABELS = b', "labels": ['
+_MID_DISTANCES = b'], "distances": ['
+_SUFFIX = b"]}\n"
+_SEP = b", "
+
+# "0000" ... "9999" as little-endian uint32 words: four digits written with one store.
+_DIGITS4 = np.array([f"{i:04d}".encode() for i in range(10_000)]).view("<u4")
+_POW10_INT = 10 ** np.arange(19, dtype=np.uint64)
+_POW10 = 10.0 ** np.arange(-64, 65)  # _POW10[64 + e] = 10**e
+_SPECIAL = {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}  # json.dumps spelling
 
 
-def _format_floats(values: np.ndarray) -> list[str]:
-    """Each row as "a, b, c" (Python float repr: round-trips exactly, and is JSON)."""
-    return [", ".join(map(repr, row)) for row in values.astype(np.float64).tolist()]
+def _digit_words(values: np.ndarray, words: int) -> np.ndarray:
+    """Non-negative ints (uint64) as ``4 * words`` zero-padded ASCII digits: (n, 4 * words) uint8."""
+    out = np.empty((values.size, words), "<u4")
+    rest = values.copy()
+    for j in range(words - 1, -1, -1):
+        out[:, j] = _DIGITS4[rest % np.uint64(10_000)]
+        rest //= np.uint64(10_000)
+    return out.view(np.uint8)
 
 
-def _format_ints(values: np.ndarray) -> list[str]:
-    """Each row of integers as "1.0, 2.0" (the service writes labels as floats)."""
-    if values.shape[1] == 0:
-        return [""] * values.shape[0]
-    return [".0, ".join(map(str, row)) + ".0" for row in values.tolist()]
+def _int_tokens(values: np.ndarray, suffix: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Integers (int64) as ``-123`` + suffix: (n, w) ASCII slots and the mask of the bytes used."""
+    neg = values < 0
+    mag = np.abs(values).astype(np.uint64)  # abs(int64 min) wraps to 2**63: still right as uint64
+    top = int(mag.max()) if mag.size else 0
+    n_digits = np.ones(mag.size, np.int64)
+    for p in _POW10_INT[1:]:
+        if top < p:
+            break
+        n_digits += mag >= p
+    words = -(-len(str(top)) // 4)
+    width = 1 + 4 * words + len(suffix)
+    chars = np.empty((mag.size, width), np.uint8)
+    used = np.empty((mag.size, width), bool)
+    chars[:, 0] = ord("-")
+    used[:, 0] = neg
+    chars[:, 1 : 1 + 4 * words] = _digit_words(mag, words)
+    used[:, 1 : 1 + 4 * words] = np.arange(4 * words, 0, -1) <= n_digits[:, None]
+    chars[:, 1 + 4 * words :] = np.frombuffer(suffix, np.uint8)
+    used[:, 1 + 4 * words :] = True
+    return chars, used
+
+
+def _float_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Floats as ``-d.dddddddde-XX`` with 9 significant digits (every float32 reads back exactly),
+    trailing zeros dropped (at least ``d.0``), no exponent when it is 0: (n, 15) ASCII slots and
+    the mask of the bytes used."""
+    x = values.astype(np.float64, copy=False)
+    finite = np.isfinite(x)
+    mag = np.where(finite, np.abs(x), 0.0)
+    nonzero = mag > 0
+    exp = np.zeros(x.size, np.int64)
+    exp[nonzero] = np.floor(np.log10(mag[nonzero])).astype(np.int64)
+    np.clip(exp, -63 + 8, 64, out=exp)
+    mant = np.rint(mag * _POW10[64 + 8 - exp])
+    for _ in range(2):  # log10 can be off by one next to powers of ten; rounding can reach 10**9
+        high, low = mant >= 1e9, nonzero & (mant < 1e8)
+        if not (high.any() or low.any()):
+            break
+        exp += high
+        exp -= low
+        mant = np.rint(mag * _POW10[64 + 8 - exp])
+    m = mant.astype(np.uint64)
+    lead, frac = m // np.uint64(10**8), m % np.uint64(10**8)
+    frac_digits = np.full(x.size, 8, np.int64)
+    for p in (10, 100, 1000, 10**4, 10**5, 10**6, 10**7):
+        frac_digits -= frac % np.uint64(p) == 0
+
+    chars = np.empty((x.size, 15), np.uint8)
+    used = np.zeros((x.size, 15), bool)
+    chars[:, 0] = ord("-")
+    used[:, 0] = np.signbit(x)
+    chars[:, 1] = lead.astype(np.uint8) + ord("0")
+    chars[:, 2] = ord(".")
+    used[:, 1:3] = True
+    chars[:, 3:11] = _digit_words(frac, 2)
+    used[:, 3:11] = np.arange(8) < frac_digits[:, None]
+    has_exp = exp != 0
+    chars[:, 11] = ord("e")
+    chars[:, 12] = ord("-")
+    used[:, 11] = has_exp
+    used[:, 12] = exp < 0
+    abs_exp = np.abs(exp)
+    chars[:, 13] = (abs_exp // 10).astype(np.uint8) + ord("0")
+    chars[:, 14] = (abs_exp % 10).astype(np.uint8) + ord("0")
+    used[:, 13] = abs_exp >= 10
+    used[:, 14] = has_exp
+    for i in np.flatnonzero(~finite):
+        text = _SPECIAL[str(x[i])]
+        chars[i, : len(text)] = np.frombuffer(text, np.uint8)
+        used[i] = np.arange(15) < len(text)
+    return chars, used
+
+
+def _label_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as the service writes them: floats, integral ones as ``123.0``."""
+    flat = values.reshape(-1)
+    if flat.dtype.kind in "iub":
+        return _int_tokens(flat.astype(np.int64), b".0")
+    flat = flat.astype(np.float64)
+    integral = np.isfinite(flat) & (flat == np.round(flat)) & (np.abs(flat) < 2**53)
+    if integral.all():
+        return _int_tokens(flat.astype(np.int64), b".0")
+    ints, ints_used = _int_tokens(np.where(integral, flat, 0).astype(np.int64), b".0")
+    floats, floats_used = _float_tokens(flat)
+    width = max(ints.shape[1], floats.shape[1])
+    chars = np.zeros((flat.size, width), np.uint8)
+    used = np.zeros((flat.size, width), bool)
+    chars[:, : ints.shape[1]] = ints
+    used[:, : ints.shape[1]] = ints_used
+    chars[~integral, : floats.shape[1]] = floats[~integral]
+    used[~integral] = False
+    used[~integral, : floats.shape[1]] = floats_used[~integral]
+    return chars, used
+
+
+class _Line:
+    """Lines as an (n, W) byte matrix with the mask of the bytes in use, filled left to right."""
+
+    def __init__(self, n: int, width: int) -> None:
+        self.chars = np.empty((n, width), np.uint8)
+        self.used = np.empty((n, width), bool)
+        self.col = 0
+
+    def const(self, text: bytes) -> None:
+        end = self.col + len(text)
+        self.chars[:, self.col : end] = np.frombuffer(text, np.uint8)
+        self.used[:, self.col : end] = True
+        self.col = end
+
+    def tokens(self, chars: np.ndarray, used: np.ndarray, per_line: int, sep: bytes) -> None:
+        """``per_line`` token slots per line, each followed by ``sep`` except the last."""
+        n = self.chars.shape[0]
+        if per_line == 0:
+            return
+        width = chars.shape[1] + len(sep)
+        end = self.col + per_line * width
+        region = self.chars[:, self.col : end].reshape(n, per_line, width)
+        mask = self.used[:, self.col : end].reshape(n, per_line, width)
+        region[:, :, : chars.shape[1]] = chars.reshape(n, per_line, -1)
+        mask[:, :, : chars.shape[1]] = used.reshape(n, per_line, -1)
+        region[:, :, chars.shape[1] :] = np.frombuffer(sep, np.uint8)
+        mask[:, :, chars.shape[1] :] = True
+        if per_line:
+            mask[:, -1, chars.shape[1] :] = False
+        self.col = end
+
+    def bytes(self) -> bytes:
+        assert self.col == self.chars.shape[1]
+        return self.chars.reshape(-1)[self.used.reshape(-1)].tobytes()
+
+
+def _format_block(labels: np.ndarray, distances: np.ndarray, predicted: np.ndarray) -> bytes:
+    n, k = labels.shape
+    pred = _label_tokens(predicted)
+    labs = _label_tokens(labels)
+    dists = _float_tokens(distances.reshape(-1))
+    width = (
+        len(_PREFIX)
+        + pred[0].shape[1]
+        + len(_MID_LABELS)
+        + k * (labs[0].shape[1] + len(_SEP))
+        + len(_MID_DISTANCES)
+        + k * (dists[0].shape[1] + len(_SEP))
+        + len(_SUFFIX)
+    )
+    line = _Line(n, width)
+    line.const(_PREFIX)
+    line.tokens(*pred, 1, b"")
+    line.const(_MID_LABELS)
+    line.tokens(*labs, k, _SEP)
+    line.const(_MID_DISTANCES)
+    line.tokens(*dists, k, _SEP)
+    line.const(_SUFFIX)
+    return line.bytes()
 
 
 def write_verbose_jsonlines(
@@ -55,7 +235,8 @@ def write_verbose_jsonlines(
 ) -> None:
     """Write one verbose k-NN record per row: labels (n, k), distances (n, k), predicted (n,).
 
-    Distances are written as given (sort them ascending first, as the service does).
+    Distances are written as given (sort them ascending first, as the service does), with 9
+    significant digits: float32 distances read back exactly.
     """
     labels = np.asarray(labels)
     distances = np.asarray(distances)
@@ -66,19 +247,40 @@ def write_verbose_jsonlines(
         )
     if predicted.shape != (labels.shape[0],):
         raise KnnOutputError(f"predicted_label must have shape ({labels.shape[0]},), got {predicted.shape}.")
-    integral = labels.dtype.kind in "iub"
     for start in range(0, labels.shape[0], _BLOCK_LINES):
         stop = start + _BLOCK_LINES
-        block = labels[start:stop]
-        label_rows = _format_ints(block.astype(np.int64)) if integral else _format_floats(block)
-        dist_rows = _format_floats(distances[start:stop])
-        pred = list(map(repr, predicted[start:stop].astype(np.float64).tolist()))
-        lines = [
-            f'{{"predicted_label": {p}, "labels": [{lab}], "distances": [{dist}]}}\n'
-            for p, lab, dist in zip(pred, label_rows, dist_rows, strict=True)
-        ]
-        text = "".join(lines).replace("nan", "NaN").replace("inf", "Infinity")  # json.dumps spelling
-        fileobj.write(text.encode())
+        fileobj.write(_format_block(labels[start:stop], distances[start:stop], predicted[start:stop]))
+
+
+# --------------------------------------------------------------------------------------------------
+# reader
+
+# Byte classes. Number tokens are runs of _NUM bytes (digits, sign, point, exponent and the letters
+# of NaN/Infinity); the keys' own letters are blanked before tokens are looked for.
+_NUM, _COMMA, _WS, _QUOTE, _LBRACKET, _RBRACKET, _LBRACE, _RBRACE, _COLON, _NL, _OTHER = range(11)
+_CLASS = np.full(256, _OTHER, np.uint8)
+_CLASS[list(b"0123456789+-.eEaNInfity")] = _NUM
+for _byte, _cls in {
+    b",": _COMMA,
+    b" ": _WS,
+    b"\t": _WS,
+    b"\r": _WS,
+    b'"': _QUOTE,
+    b"[": _LBRACKET,
+    b"]": _RBRACKET,
+    b"{": _LBRACE,
+    b"}": _RBRACE,
+    b":": _COLON,
+    b"\n": _NL,
+}.items():
+    _CLASS[_byte[0]] = _cls
+# Symbols of one line (whitespace dropped, each number one _NUM, keys blanked): head, the labels
+# (_NUM, _COMMA, _NUM, ...), middle, the distances, tail.
+_HEAD = np.array([_LBRACE, _COLON, _NUM, _COMMA, _COLON, _LBRACKET], np.uint8)
+_MIDDLE = np.array([_RBRACKET, _COMMA, _COLON, _LBRACKET], np.uint8)
+_TAIL = np.array([_RBRACKET, _RBRACE, _NL], np.uint8)
+_KEYS = (b'"predicted_label"', b'"labels"', b'"distances"')  # quotes 0-1, 2-3, 4-5 of a line
+_TO_SPACE = bytes.maketrans(b',[]{}:"\n\r\t', b" " * 10)
 
 
 def _read_bytes(source: Source) -> tuple[bytes, str]:
@@ -96,44 +298,114 @@ def _read_bytes(source: Source) -> tuple[bytes, str]:
     raise KnnOutputError(f"Expected a path, bytes or a binary file object, got {type(source).__name__}.")
 
 
-def _block_fast(lines: list[bytes]) -> tuple[np.ndarray, np.ndarray] | None:
-    """All lines in the regular layout with the same k -> (labels, distances), else None."""
-    first = lines[0]
-    order = [first.find(key) for key in _KEYS]
-    if min(order) < 0 or not (order[0] < order[1] < order[2]):
+def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Lines in the regular layout (``block`` ends with a newline) -> (neighbours per line, labels,
+    distances) as flat arrays, line after line; None when any line is not in that layout."""
+    raw = np.frombuffer(block, np.uint8)
+    cls = _CLASS[raw]
+    newlines = np.flatnonzero(cls == _NL)
+    n = newlines.size
+    quote_at = np.flatnonzero(cls == _QUOTE)
+    if quote_at.size != 6 * n:
         return None
-    k = first.count(b",") // 2
-    if b"[]" in first.replace(b" ", b""):
-        k = 0
-    for line in lines:
-        if line.count(b",") != 2 * k or line.count(b"[") != 2 or line.count(b"]") != 2:
+    quotes = quote_at.reshape(n, 6)
+    if n and (np.any(quotes[1:, 0] < newlines[:-1]) or np.any(quotes[:, 5] > newlines)):
+        return None  # six quotes on every line
+    blank = []
+    for i, key in enumerate(_KEYS):
+        at = quotes[:, 2 * i]
+        if not np.all(quotes[:, 2 * i + 1] - at == len(key) - 1):
             return None
-        p, lab, dist = (line.find(key) for key in _KEYS)
-        if not (0 <= p < lab < dist):
+        windows = np.lib.stride_tricks.sliding_window_view(raw, len(key))[at]
+        if not np.all(windows == np.frombuffer(key, np.uint8)):
             return None
-        if line.find(b"[", lab) > dist or line.find(b"]", lab) > dist:
-            return None  # labels must be closed before "distances" (equal lengths on both sides)
-    if k == 0:
-        return np.zeros((len(lines), 0), np.int64), np.zeros((len(lines), 0), np.float32)
-    text = b"\n".join(lines)
-    for key in _KEYS:
-        text = text.replace(key, b"")
-    text = text.translate(None, b'{}[]:"')
+        blank.append((at[:, None] + np.arange(len(key))).reshape(-1))
+    keys_at = np.concatenate(blank)
+    cls[keys_at] = _WS
+    raw[keys_at] = ord(" ")  # raw is a view of block: the text parsed below has no keys
+
+    # One symbol per punctuation byte and per number (the first byte of each run of _NUM bytes).
+    is_num = cls == _NUM
+    symbol = cls != _WS
+    symbol[1:] &= ~(is_num[1:] & is_num[:-1])
+    seq = cls[symbol]
+    ends = np.flatnonzero(seq == _NL)
+    per_line = np.diff(ends, prepend=-1)  # symbols per line, newline included
+    list_len = (per_line - 13) // 2  # symbols of each list: 2k - 1 (k >= 1) or 0
+    k = (list_len + 1) // 2
+    if np.any(per_line != 13 + 2 * list_len) or np.any(list_len != np.maximum(2 * k - 1, 0)):
+        return None
+    if not _symbols_match(seq, per_line, list_len):
+        return None
+
+    text = bytes(block.translate(_TO_SPACE))  # np.fromstring wants read-only bytes
+    total = n + 2 * int(k.sum())
     try:
-        numbers = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy warns (and stops) on text it cannot parse
+            numbers = np.fromstring(text, dtype=np.float64, sep=" ")  # type: ignore[call-overload]
+    except (ValueError, DeprecationWarning):
         return None
-    if numbers.shape != (len(lines), 1 + 2 * k):
+    if numbers.size != total:
         return None
-    label_values = numbers[:, 1 : 1 + k]
-    labels = label_values.astype(np.int64)
-    if not np.array_equal(labels, label_values):
-        return None  # non-integral labels: let the slow path say where
-    return labels, numbers[:, 1 + k :].astype(np.float32)
+    return _split_numbers(numbers, k)
 
 
-def _block_slow(lines: list[bytes], first_line: int, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    rows = []
+def _symbols_match(seq: np.ndarray, per_line: np.ndarray, list_len: np.ndarray) -> bool:
+    """Does each line's symbol sequence read head, list, middle, list, tail?"""
+    if seq.size == 0:
+        return True
+    n_lines = per_line.size
+    line_start = np.cumsum(per_line) - per_line
+    if np.all(per_line == per_line[0]):  # one k for the whole block: compare with one line
+        expected = _line_symbols(int(list_len[0]))
+        return bool(np.all(seq.reshape(n_lines, -1) == expected))
+    pos = np.arange(seq.size) - np.repeat(line_start, per_line)
+    lists = np.repeat(list_len, per_line)
+    expected = np.empty_like(seq)
+    in_head = pos < 6
+    expected[in_head] = _HEAD[pos[in_head]]
+    in_labels = (pos >= 6) & (pos < 6 + lists)
+    expected[in_labels] = np.where((pos[in_labels] - 6) % 2 == 0, _NUM, _COMMA)
+    middle = pos - 6 - lists
+    in_middle = (middle >= 0) & (middle < 4)
+    expected[in_middle] = _MIDDLE[middle[in_middle]]
+    dist = pos - 10 - lists
+    in_dist = (dist >= 0) & (dist < lists)
+    expected[in_dist] = np.where(dist[in_dist] % 2 == 0, _NUM, _COMMA)
+    tail = dist - lists
+    in_tail = tail >= 0
+    expected[in_tail] = _TAIL[tail[in_tail]]
+    return bool(np.array_equal(seq, expected))
+
+
+def _line_symbols(list_len: int) -> np.ndarray:
+    items = np.where(np.arange(list_len) % 2 == 0, _NUM, _COMMA).astype(np.uint8)
+    return np.concatenate([_HEAD, items, _MIDDLE, items, _TAIL])
+
+
+def _split_numbers(numbers: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Numbers of each line (predicted, k labels, k distances) -> (k, labels, distances), or None
+    when a label is not an integer."""
+    n = k.size
+    if n and np.all(k == k[0]):
+        rows = numbers.reshape(n, 1 + 2 * int(k[0]))
+        label_values = rows[:, 1 : 1 + int(k[0])].reshape(-1)
+        distances = rows[:, 1 + int(k[0]) :].reshape(-1)
+    else:
+        offsets = np.cumsum(1 + 2 * k) - (1 + 2 * k)
+        within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+        label_values = numbers[np.repeat(offsets + 1, k) + within]
+        distances = numbers[np.repeat(offsets + 1 + k, k) + within]
+    with np.errstate(invalid="ignore"):
+        labels = label_values.astype(np.int64)
+    if not np.array_equal(labels, label_values):  # non-integral, NaN or out of range
+        return None
+    return k, labels, distances.astype(np.float32)
+
+
+def _block_slow(lines: list[bytes], first_line: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    counts, all_labels, all_distances = [], [], []
     for i, line in enumerate(lines):
         where = f"k-NN output {name} line {first_line + i}"
         try:
@@ -155,10 +427,37 @@ def _block_slow(lines: list[bytes], first_line: int, name: str) -> list[tuple[np
                 f"{where}: 'labels' ({labels.size}) and 'distances' ({distances.size}) must be lists "
                 "of the same length."
             )
-        if not np.array_equal(labels, np.round(labels)):
+        if not np.array_equal(labels, np.round(labels)) or (labels.size and np.abs(labels).max() >= 2**63):
             raise KnnOutputError(f"{where}: 'labels' must be integral (item indices).")
-        rows.append((labels.astype(np.int64), distances))
-    return rows
+        counts.append(labels.size)
+        all_labels.append(labels.astype(np.int64))
+        all_distances.append(distances)
+    return (
+        np.array(counts, np.int64),
+        np.concatenate(all_labels) if all_labels else np.zeros(0, np.int64),
+        np.concatenate(all_distances) if all_distances else np.zeros(0, np.float32),
+    )
+
+
+def _blocks(data: bytes) -> list[tuple[int, int, int]]:
+    """(start, stop, first line number) of blocks of whole lines: at most _BLOCK_LINES lines and
+    about _BLOCK_BYTES bytes each; trailing blank lines are left out."""
+    end = len(data)
+    while end and data[end - 1] in b" \t\r\n":
+        end -= 1
+    if end == 0:
+        return []
+    newlines = np.flatnonzero(np.frombuffer(data, np.uint8, count=end) == ord("\n"))
+    line_ends = np.append(newlines + 1, end)  # exclusive ends of the lines (newline included)
+    out = []
+    line, start = 0, 0
+    while line < line_ends.size:
+        by_bytes = int(np.searchsorted(line_ends, start + _BLOCK_BYTES, "right"))
+        stop_line = max(min(line + _BLOCK_LINES, by_bytes), line + 1)
+        stop = int(line_ends[stop_line - 1])
+        out.append((start, stop, line + 1))
+        line, start = stop_line, stop
+    return out
 
 
 def read_verbose_jsonlines(source: Source) -> tuple[np.ndarray, np.ndarray]:
@@ -168,38 +467,27 @@ def read_verbose_jsonlines(source: Source) -> tuple[np.ndarray, np.ndarray]:
     the longest are padded with -1 / nan. Raises ``KnnOutputError`` naming the line number.
     """
     data, name = _read_bytes(source)
-    lines = data.split(b"\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    label_blocks: list[np.ndarray] = []
-    dist_blocks: list[np.ndarray] = []
-    ragged: list[list[tuple[np.ndarray, np.ndarray]]] = []
-    for start in range(0, len(lines), _BLOCK_LINES):
-        block = [line.rstrip(b"\r") for line in lines[start : start + _BLOCK_LINES]]
-        fast = _block_fast(block)
-        if fast is not None:
-            label_blocks.append(fast[0])
-            dist_blocks.append(fast[1])
-            ragged.append([])
-            continue
-        rows = _block_slow(block, start + 1, name)
-        ragged.append(rows)
-        label_blocks.append(np.zeros((0, 0), np.int64))
-        dist_blocks.append(np.zeros((0, 0), np.float32))
-    widths = [b.shape[1] for b, r in zip(label_blocks, ragged, strict=True) if not r]
-    widths += [lab.size for rows in ragged for lab, _ in rows]
-    k = max(widths, default=0)
-    out_labels = np.full((len(lines), k), -1, dtype=np.int64)
-    out_dist = np.full((len(lines), k), np.nan, dtype=np.float32)
-    row = 0
-    for labels, dists, rows in zip(label_blocks, dist_blocks, ragged, strict=True):
-        if rows:
-            for lab, dist in rows:
-                out_labels[row, : lab.size] = lab
-                out_dist[row, : dist.size] = dist
-                row += 1
-        else:
-            out_labels[row : row + labels.shape[0], : labels.shape[1]] = labels
-            out_dist[row : row + labels.shape[0], : labels.shape[1]] = dists
-            row += labels.shape[0]
-    return out_labels, out_dist
+    parts = []
+    for start, stop, first_line in _blocks(data):
+        block = bytearray(memoryview(data)[start:stop])
+        if not block.endswith(b"\n"):
+            block += b"\n"
+        fast = _block_fast(block)  # (blanks the keys of block)
+        if fast is None:
+            lines = [line.rstrip(b"\r") for line in data[start:stop].rstrip(b"\n").split(b"\n")]
+            fast = _block_slow(lines, first_line, name)
+        parts.append(fast)
+    counts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    distances = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    n = counts.size
+    k = int(counts.max()) if n else 0
+    if n and np.all(counts == k):
+        return labels.reshape(n, k), distances.reshape(n, k)
+    out_labels = np.full((n, k), -1, dtype=np.int64)
+    out_distances = np.full((n, k), np.nan, dtype=np.float32)
+    rows = np.repeat(np.arange(n), counts)
+    cols = np.arange(labels.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_labels[rows, cols] = labels
+    out_distances[rows, cols] = distances
+    return out_labels, out_distances
