@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -103,3 +104,41 @@ def sample_users(ddb: Any, table: str, run_id: str, n: int = 3) -> list[dict[str
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
     found.sort(key=_user_order)
     return found[:n]
+
+
+def versions(ddb: Any, table: str, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Every published version (``meta#version`` items), newest first: ``run_id``, ``state``
+    (``writing`` | ``complete``), ``users`` (rows written), ``ndcg_at_10`` (None without an
+    evaluation), ``generated_at``, ``completed_at``, ``expires_at`` (epoch seconds), ``expired``
+    (the TTL passed; DynamoDB deletes such items within days) and ``active`` (the pointer names it)."""
+    now = time.time() if now is None else now
+    pointer = active_pointer(ddb, table)
+    active = str(pointer["run_id"]) if pointer and pointer.get("run_id") is not None else None
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "#pk = :pk",
+        "ExpressionAttributeNames": {"#pk": tables.PARTITION_KEY},
+        "ExpressionAttributeValues": {":pk": {"S": tables.VERSION_PK}},
+        "ConsistentRead": True,
+    }
+    out: list[dict[str, Any]] = []
+    for page in ddb.get_paginator("query").paginate(**kwargs):
+        for raw in page.get("Items", []):
+            item = _item(raw)
+            run_id = str(item.get("run_id") or str(item[tables.SORT_KEY])[len(tables.VERSION_PREFIX):])
+            metrics = item.get("metrics")
+            metrics = metrics if isinstance(metrics, dict) else {}
+            expires = item.get(tables.TTL_ATTRIBUTE)
+            out.append({
+                "run_id": run_id,
+                "state": item.get("state"),
+                "users": item.get("users_written"),
+                "ndcg_at_10": metrics.get("ndcg_at_10"),
+                "generated_at": item.get("generated_at"),
+                "completed_at": item.get("completed_at"),
+                "expires_at": expires,
+                "expired": expires is not None and float(expires) <= now,
+                "active": run_id == active,
+            })
+    out.sort(key=lambda v: (str(v["generated_at"] or ""), v["run_id"]), reverse=True)
+    return out
