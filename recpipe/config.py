@@ -110,6 +110,19 @@ PARAMS: tuple[Param, ...] = (
        min=0, max=1000),
     _P("processing.context_decay", float, 0.9, "Weight decay per step back in the sequence context.",
        min=0.0, max=1.0),
+    _P("processing.context_gap", float, 0.0,
+       "Sequence context: each round, a training row's context ends a random number of steps "
+       "(uniform in [0, context_gap * the user's interaction count]) before its interaction instead of "
+       "just before it, as at scoring time the held-out items lie some steps after the context.",
+       min=0.0, max=1.0),
+    _P("processing.negative_popularity", float, 0.0,
+       "Implicit mode: share of negatives drawn in proportion to item popularity (interaction counts) "
+       "instead of uniformly; 0 = uniform.", min=0.0, max=1.0),
+    _P("processing.max_nonzeros", int, 500_000_000,
+       "Bound on the non-zeros of the largest training set (full): when negative_rounds x rows x "
+       "(id + side features + context) would exceed it, the step writes fewer rounds (down to 1), then "
+       "a shorter context (down to 0); the manifest's volume says what was written. About 7 bytes "
+       "each in recordio-protobuf; 0 = no bound.", min=0),
     _P("processing.seed", int, 42, "Seed for negative sampling and training initialisation.", min=0),
     _P("processing.min_user_interactions", int, 1, "Drop users with fewer interactions.", min=1),
     _P("processing.min_item_interactions", int, 1, "Drop items with fewer interactions.", min=1),

@@ -756,8 +756,9 @@ def _seen_matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: in
     return matrix
 
 
-def sample_negatives(seen: sp.csr_matrix, wanted: np.ndarray,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_negatives(seen: sp.csr_matrix, wanted: np.ndarray, rng: np.random.Generator,
+                     popularity_cdf: np.ndarray | None = None,
+                     popularity_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Per user u, ``min(wanted[u], unseen_u)`` distinct items outside row u of ``seen``, uniformly.
 
     Users are processed in blocks whose seen rows fit a dense byte matrix; most users are served by
@@ -788,6 +789,10 @@ def sample_negatives(seen: sp.csr_matrix, wanted: np.ndarray,
                 break
             r = np.repeat(np.arange(hi - lo), pending)
             c = rng.integers(0, n_items, size=total)
+            if popularity_cdf is not None and popularity_share > 0:
+                by_pop = np.flatnonzero(rng.random(total) < popularity_share)
+                c[by_pop] = np.minimum(np.searchsorted(popularity_cdf, rng.random(len(by_pop)), side="right"),
+                                       n_items - 1)
             fresh = mask[r, c] == 0
             keys = _sorted_unique(r[fresh] * n_items + c[fresh])
             r_ok, c_ok = keys // n_items, keys % n_items
@@ -995,6 +1000,51 @@ def _load_config(paths: Paths) -> dict[str, Any]:
         raise BadInputError(rel, str(exc)) from exc
 
 
+@dataclass(frozen=True)
+class Volume:
+    """What the step writes under ``processing.max_nonzeros``: rounds, context length and the
+    estimated non-zeros of the largest set (``full``) with them."""
+
+    negative_rounds: int
+    context_items: int
+    nonzeros: int
+
+
+def fit_budget(users: np.ndarray, items: np.ndarray, rows: np.ndarray, n_users: int, user_nnz: np.ndarray,
+               item_nnz: np.ndarray, per_positive: int, rounds: int, context_items: int,
+               max_nonzeros: int) -> Volume:
+    """Largest (rounds, context length) whose ``full`` set stays within ``max_nonzeros`` non-zeros
+    (0 = no bound): rounds go down first (to 1), then the context length (to 0).
+
+    ``users``/``items`` are all interactions in (user, time, item) order, ``rows`` marks those that
+    become training rows (the positives in implicit mode), ``user_nnz``/``item_nnz`` the non-zeros of
+    each user's and item's id + side-feature part. The estimate counts ``per_positive`` negatives per
+    row (fewer when a user runs out of unseen items) and each negative with its positive's context
+    length; it is exact for the positives."""
+    u, i = users[rows], items[rows]
+    n_neg = per_positive * len(u)
+    base = float(user_nnz[u].sum()) * (1 + per_positive) + float(item_nnz[i].sum()) \
+        + n_neg * float(item_nnz.mean())
+    counts = np.bincount(users, minlength=n_users)
+    start = np.cumsum(counts) - counts
+    before = (np.arange(len(users)) - start[users])[rows]  # interactions before each row
+    # context[L] = sum over rows of min(before, L), for L = 0 .. context_items
+    hist = np.bincount(np.minimum(before, context_items), minlength=context_items + 1)
+    at_least = len(before) - np.concatenate([[0], np.cumsum(hist)[:-1]])  # rows with before >= L
+    context = np.concatenate([[0], np.cumsum(at_least[1:])]).astype(np.float64) * (1 + per_positive)
+
+    def total(r: int, length: int) -> int:
+        return int(r * (base + context[length]))
+
+    if max_nonzeros <= 0:
+        return Volume(rounds, context_items, total(rounds, context_items))
+    while rounds > 1 and total(rounds, context_items) > max_nonzeros:
+        rounds -= 1
+    fits = np.flatnonzero(base + context <= max_nonzeros)
+    length = int(fits[-1]) if fits.size else 0
+    return Volume(rounds, min(length, context_items), total(rounds, min(length, context_items)))
+
+
 def _negative_anchors(pos_users: np.ndarray, pos_anchors: np.ndarray, neg_users: np.ndarray,
                       n_users: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Spread each user's negatives over that user's positives at random, evenly: ``(order,
@@ -1014,7 +1064,9 @@ def _negative_anchors(pos_users: np.ndarray, pos_anchors: np.ndarray, neg_users:
 
 def _implicit_rounds(pos_users: np.ndarray, pos_items: np.ndarray, pos_anchors: np.ndarray | None,
                      exclude: sp.csr_matrix, per_positive: int, n_rounds: int, rng: np.random.Generator,
-                     counts: dict[str, int], name: str) -> Iterator[Round]:
+                     counts: dict[str, int], name: str, gap_limit: np.ndarray | None = None,
+                     popularity_cdf: np.ndarray | None = None,
+                     popularity_share: float = 0.0) -> Iterator[Round]:
     """``n_rounds`` times the positives, each time with freshly sampled negatives (the built-in FM
     cannot resample per epoch; several rounds in one file come close). Positives are ordered by
     user (the prepared order), which :func:`_negative_anchors` relies on."""
@@ -1022,12 +1074,16 @@ def _implicit_rounds(pos_users: np.ndarray, pos_items: np.ndarray, pos_anchors: 
     wanted = per_positive * np.bincount(pos_users, minlength=n_users)
     counts[f"{name}_positives"], counts[f"{name}_negatives"] = len(pos_users), 0
     for _ in range(n_rounds):
-        neg_users, neg_items = sample_negatives(exclude, wanted, rng)
+        neg_users, neg_items = sample_negatives(exclude, wanted, rng, popularity_cdf, popularity_share)
         anchors = None
         if pos_anchors is not None:
-            order, neg_anchors = _negative_anchors(pos_users, pos_anchors, neg_users, n_users, rng)
+            round_anchors = pos_anchors
+            if gap_limit is not None:
+                jitter = (rng.random(len(pos_anchors)) * (gap_limit + 1)).astype(np.int64)
+                round_anchors = pos_anchors - jitter
+            order, neg_anchors = _negative_anchors(pos_users, round_anchors, neg_users, n_users, rng)
             neg_users, neg_items = neg_users[order], neg_items[order]
-            anchors = np.concatenate([pos_anchors, neg_anchors])
+            anchors = np.concatenate([round_anchors, neg_anchors])
         counts[f"{name}_negatives"] += len(neg_users)
         labels = np.concatenate([np.ones(len(pos_users), np.float32), np.zeros(len(neg_users), np.float32)])
         yield Round(np.concatenate([pos_users, neg_users]), np.concatenate([pos_items, neg_items]), labels,
@@ -1062,7 +1118,20 @@ def run(opt_ml: Path) -> dict[str, Any]:
     user_feat_offset = n_users + n_items
     item_feat_offset = user_feat_offset + user_feats.size
     dim = item_feat_offset + item_feats.size
-    context_items = int(conf["processing.context_items"])
+    ratings = prep.ratings
+    positive = ratings >= threshold if ratings is not None else np.ones(n_inter, dtype=bool)
+    budget = fit_budget(prep.users, prep.items, positive if implicit else np.ones(n_inter, dtype=bool),
+                        n_users, 1 + np.bincount(user_feats.rows, minlength=n_users),
+                        1 + np.bincount(item_feats.rows, minlength=n_items),
+                        per_positive if implicit else 0,
+                        int(conf["processing.negative_rounds"]) if implicit else 1,
+                        int(conf["processing.context_items"]), int(conf["processing.max_nonzeros"]))
+    context_items, n_rounds_train = budget.context_items, budget.negative_rounds
+    if (context_items, n_rounds_train) != (int(conf["processing.context_items"]),
+                                           int(conf["processing.negative_rounds"]) if implicit else 1):
+        _log(f"processing.max_nonzeros={int(conf['processing.max_nonzeros']):,}: writing "
+             f"{n_rounds_train} negative round(s) and a context of {context_items} items "
+             f"(configured {conf['processing.negative_rounds']} and {conf['processing.context_items']})")
     context_offset = dim
     if context_items:
         dim += n_items
@@ -1076,8 +1145,6 @@ def run(opt_ml: Path) -> dict[str, Any]:
     if context_items:
         layout["context"] = [context_offset, n_items]
 
-    ratings = prep.ratings
-    positive = ratings >= threshold if ratings is not None else np.ones(n_inter, dtype=bool)
     has_holdout = bool(prep.holdout.any())
     train_mask = ~prep.holdout
     if not train_mask.any():
@@ -1123,11 +1190,22 @@ def run(opt_ml: Path) -> dict[str, Any]:
                                     f"(ratings >= processing.positive_threshold={threshold:g})"
                                     + ("; lower the threshold or set evaluation.holdout_fraction to 0"
                                        if name == "test" else ""))
-            n_rounds = 1 if name == "test" else int(conf["processing.negative_rounds"])
+            n_rounds = 1 if name == "test" else n_rounds_train
+            gap_limit = None
+            gap = float(conf["processing.context_gap"])
+            if context is not None and gap > 0:
+                start = context.indptr[prep.users[rows_mask]]
+                n_u = np.diff(context.indptr)[prep.users[rows_mask]]
+                gap_limit = np.minimum(np.floor(gap * n_u).astype(np.int64), position[rows_mask] - start)
+            share = float(conf["processing.negative_popularity"])
+            cdf = None
+            if share > 0:
+                popularity = np.bincount(prep.items[mask], minlength=n_items).astype(np.float64)
+                cdf = np.cumsum(popularity) / popularity.sum()
             rounds = _implicit_rounds(
                 prep.users[rows_mask], prep.items[rows_mask], position[rows_mask] if context else None,
                 seen_train if name == "train" else seen_all, per_positive, n_rounds, rng_neg[name],
-                counts, name)
+                counts, name, gap_limit, cdf, share)
         else:
             assert ratings is not None
             rounds = [Round(prep.users[mask], prep.items[mask], ratings[mask].astype(np.float32),
@@ -1178,6 +1256,9 @@ def run(opt_ml: Path) -> dict[str, Any]:
         },
         "feature_dim": dim,
         "layout": layout,
+        "volume": {"negative_rounds": n_rounds_train, "context_items": context_items,
+                   "estimated_nonzeros": budget.nonzeros,
+                   "max_nonzeros": int(conf["processing.max_nonzeros"])},
         "config": conf,
         "inputs": inputs + user_feats.inputs + item_feats.inputs,
         "files": {

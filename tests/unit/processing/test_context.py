@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from tests.unit.processing.conftest import Job
+from workflows.processing import preprocess
 from workflows.processing.preprocess import SequenceContext
 
 # 2 users, 8 items; user 1 rates items 10..15 in time order, user 2 items 10..14 (ratings >= 4 but one).
@@ -85,3 +86,81 @@ def test_context_off_keeps_plain_rows_and_one_user_row_file(job: Job) -> None:
     x, _ = job.read_set("train")
     assert (np.diff(x.indptr) == 2).all()
     assert sp.issparse(job.npz("user_rows"))
+
+
+def test_fit_budget_lowers_rounds_first_then_the_context() -> None:
+    # one user, 6 interactions (all rows), 1 non-zero per id part: rows = 1 + 4 negatives per positive
+    users, items = np.zeros(6, np.int64), np.arange(6)
+    rows = np.ones(6, dtype=bool)
+    ones = np.ones(6, np.int64)
+    # before = 0..5; with length L the context adds sum(min(before, L)) per positive, 5x with negatives
+    def nnz(rounds: int, length: int) -> int:
+        return rounds * 5 * (6 * 2 + sum(min(b, length) for b in range(6)))
+
+    args = (users, items, rows, 1, ones[:1], ones, 4)
+    unbounded = preprocess.fit_budget(*args, 4, 3, 0)
+    assert (unbounded.negative_rounds, unbounded.context_items, unbounded.nonzeros) == (4, 3, nnz(4, 3))
+    assert preprocess.fit_budget(*args, 4, 3, nnz(4, 3)) == unbounded
+    two = preprocess.fit_budget(*args, 4, 3, nnz(3, 3) - 1)
+    assert (two.negative_rounds, two.context_items) == (2, 3)
+    short = preprocess.fit_budget(*args, 4, 3, nnz(1, 2))
+    assert (short.negative_rounds, short.context_items, short.nonzeros) == (1, 2, nnz(1, 2))
+    none = preprocess.fit_budget(*args, 4, 3, 1)
+    assert (none.negative_rounds, none.context_items) == (1, 0)
+
+
+def test_budget_shortens_what_is_written_and_the_manifest_says_so(job: Job) -> None:
+    job.write("interactions/i.csv", INTERACTIONS)
+    job.config(**{"evaluation.holdout_fraction": 0.2, "processing.negatives_per_positive": 1,
+                  "processing.negative_rounds": 3, "processing.context_items": 2,
+                  "processing.max_nonzeros": 70})
+    manifest = job.run()
+    volume = manifest["volume"]
+    assert volume["negative_rounds"] == 1 and volume["context_items"] == 1
+    assert 48 < volume["estimated_nonzeros"] <= 70  # 24 rows of 2 ids + some context
+    x, _ = job.read_set("full")
+    assert x.nnz <= volume["estimated_nonzeros"]
+    counts = manifest["counts"]
+    assert counts["train_rows"] == counts["train_positives"] + counts["train_negatives"]
+
+
+def test_context_gap_ends_contexts_up_to_the_gap_before_the_row(job: Job) -> None:
+    job.write("interactions/i.csv", INTERACTIONS)
+    job.config(**{"evaluation.holdout_fraction": 0.0, "processing.negatives_per_positive": 1,
+                  "processing.negative_rounds": 20, "processing.context_items": 6,
+                  "processing.context_decay": 0.5, "processing.context_gap": 0.5})
+    job.run()
+    n_users, n_items = 3, 8
+    offset = job.manifest["layout"]["context"][0]
+    history = {0: [0, 1, 2, 3, 4, 5], 1: [4, 3, 2, 1, 0], 2: [6, 7]}
+    x, labels = job.read_set("full")
+    x = x.toarray()
+    users = x[:, :n_users].argmax(axis=1)
+    items = x[:, n_users:n_users + n_items].argmax(axis=1)
+    gaps: set[int] = set()
+    for r in np.flatnonzero(labels == 1):
+        u = users[r]
+        at = history[u].index(items[r])
+        # the context is the one before position at - g, g in [0, floor(0.5 n_u)]
+        matches = [g for g in range(at + 1)
+                   if np.allclose(x[r, offset:], reference_context(history[u][:at - g], 6, 0.5, n_items),
+                                  rtol=1e-6)]
+        assert matches and min(matches) <= len(history[u]) // 2
+        gaps.add(min(matches))
+    assert 0 in gaps and max(gaps) >= 2  # jittered, not always the same
+
+
+def test_popularity_negatives_favour_popular_items() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 200, 50
+    seen = sp.csr_matrix((n_users, n_items), dtype=np.float32)
+    popularity = np.zeros(n_items)
+    popularity[:5] = 1.0  # all popularity on items 0..4
+    cdf = np.cumsum(popularity) / popularity.sum()
+    wanted = np.full(n_users, 2)
+    _, uniform = preprocess.sample_negatives(seen, wanted, rng)
+    _, popular = preprocess.sample_negatives(seen, wanted, rng, cdf, 1.0)
+    _, mixed = preprocess.sample_negatives(seen, wanted, rng, cdf, 0.5)
+    assert np.mean(uniform < 5) < 0.25
+    assert (popular < 5).all()
+    assert 0.6 < np.mean(mixed < 5) < 0.9  # half by popularity + 10 % of the uniform half
