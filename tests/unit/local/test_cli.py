@@ -239,8 +239,3 @@ def test_run_aws_starts_the_deployed_machine_and_follows_it(tmp_path: Path) -> N
     assert record["backend"] == "aws" and record["status"] == "SUCCEEDED"
     assert [s["name"] for s in record["states"]] == ["Prepare", "Evaluate"]
 
-
-def test_run_aws_needs_the_state_machine_arn(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["run", "--aws", "--workdir", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "--state-machine-arn" in result.output
