@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import inspect
 import json
 import os
 import sys
@@ -52,6 +53,12 @@ STATE_MACHINE = typer.Option(None, "--state-machine-arn", help="With --aws: the 
 
 _ICONS = {"running": "[yellow]…[/]", "succeeded": "[green]✓[/]", "failed": "[red]✗[/]",
           "aborted": "[dim]-[/]"}
+
+
+def _command(func: Any) -> Any:
+    """``app.command()`` with the docstring's paragraphs reflowed (Rich help keeps single newlines)."""
+    paragraphs = inspect.cleandoc(func.__doc__ or "").split("\n\n")
+    return app.command(help="\n\n".join(" ".join(p.split()) for p in paragraphs))(func)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -436,7 +443,8 @@ def recommend(
     if as_json:
         typer.echo(json.dumps(row))
         return
-    out = Table(title=f"User {user_id} (version {run_id})")
+    console.print(f"User {escape(user_id)}, version {escape(run_id)}:")
+    out = Table()
     out.add_column("#", justify="right")
     out.add_column("item_id")
     out.add_column("score", justify="right")
@@ -445,7 +453,7 @@ def recommend(
     console.print(out)
 
 
-@app.command()
+@_command
 def export(
     out: Annotated[Path | None, typer.Option(help="Write JSON lines here (default: stdout).")] = None,
     workdir: Path = WORKDIR, dynamodb_endpoint: str | None = DYNAMODB, table: str | None = TABLE,
@@ -561,7 +569,7 @@ def _iso_epoch(value: Any) -> str:
     return dt.datetime.fromtimestamp(float(value), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@app.command()
+@_command
 def versions(
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
     workdir: Path = WORKDIR, dynamodb_endpoint: str | None = DYNAMODB, table: str | None = TABLE,
@@ -604,7 +612,7 @@ def versions(
         console.print(f"The active version {active} has no version item (expired and deleted?).")
 
 
-@app.command()
+@_command
 def rollback(
     run_id: str = typer.Argument(..., help="The run id of the version to serve again ('recpipe versions')."),
     workdir: Path = WORKDIR, dynamodb_endpoint: str | None = DYNAMODB, table: str | None = TABLE,
@@ -675,7 +683,7 @@ def _lock_owner_state(target: Target, lock: Mapping[str, Any], now: float) -> tu
                        "or it was killed")
 
 
-@app.command()
+@_command
 def unlock(
     force: Annotated[bool, typer.Option(
         "--force", help="Release even when the owning run may still be running.")] = False,
