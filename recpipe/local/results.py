@@ -63,8 +63,11 @@ def _user_order(row: dict[str, Any]) -> tuple[int, str]:
     return (len(user_id), user_id) if user_id.isdigit() else (1 << 30, user_id)
 
 
-def all_recommendations(ddb: Any, table: str, run_id: str) -> Iterator[dict[str, Any]]:
-    """Every user's row of version ``run_id`` (a scan; fine for local tables)."""
+def all_recommendations(ddb: Any, table: str, run_id: str, *,
+                        ordered: bool = True) -> Iterator[dict[str, Any]]:
+    """Every user's row of version ``run_id`` (a scan of the whole table). ``ordered``: numeric user
+    ids in numeric order (holds every row in memory, fine locally); otherwise rows stream out page by
+    page in scan order (a deployed table of a million users)."""
     paginator = ddb.get_paginator("scan")
     pages = paginator.paginate(
         TableName=table,
@@ -78,7 +81,11 @@ def all_recommendations(ddb: Any, table: str, run_id: str) -> Iterator[dict[str,
         for raw in page.get("Items", []):
             item = _item(raw)
             user_id = str(item.get("user_id") or str(item[tables.PARTITION_KEY])[len(tables.USER_PREFIX):])
-            rows.append(shape(user_id, run_id, list(item.get("items", []))))
+            row = shape(user_id, run_id, list(item.get("items", [])))
+            if ordered:
+                rows.append(row)
+            else:
+                yield row
     rows.sort(key=_user_order)
     yield from rows
 

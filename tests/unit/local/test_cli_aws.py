@@ -107,7 +107,11 @@ def test_recommend_and_export_read_the_table_named_by_the_stack(
         app, ["export", "--out", str(out), "--aws", "--stack", "Recpipe", "--region", REGION]
     )
     assert exported.exit_code == 0, exported.output
-    assert [json.loads(line)["user_id"] for line in out.read_text().splitlines()] == ["1", "2"]
+    assert sorted(json.loads(line)["user_id"] for line in out.read_text().splitlines()) == ["1", "2"]
+    assert not out.with_name("all.jsonl.partial").exists()
+    streamed = runner.invoke(app, ["export", "--aws", "--table", TABLE, "--region", REGION])
+    assert streamed.exit_code == 0, streamed.output
+    assert {json.loads(line)["run_id"] for line in streamed.stdout.splitlines()} == {"r2"}
 
     unknown = runner.invoke(app, ["recommend", "404", "--aws", "--table", TABLE, "--region", REGION])
     assert unknown.exit_code == 2 and "Unknown user '404'" in _text(unknown)
