@@ -31,7 +31,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -42,7 +42,7 @@ __all__ = ["read_verbose_jsonlines", "write_verbose_jsonlines"]
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
 _BLOCK_LINES = 4096  # lines per block (reader and writer)
-_BLOCK_BYTES = 1 << 22  # and at most about this many bytes per block (reader)
+_BLOCK_BYTES = 1 << 20  # and at most about this many bytes per block (reader): arrays stay in cache
 
 # --------------------------------------------------------------------------------------------------
 # writer
@@ -255,11 +255,16 @@ def write_verbose_jsonlines(
 # --------------------------------------------------------------------------------------------------
 # reader
 
-# Byte classes. Number tokens are runs of _NUM bytes (digits, sign, point, exponent and the letters
-# of NaN/Infinity); the keys' own letters are blanked before tokens are looked for.
-_NUM, _COMMA, _WS, _QUOTE, _LBRACKET, _RBRACKET, _LBRACE, _RBRACE, _COLON, _NL, _OTHER = range(11)
+# Byte classes. Number tokens are runs of digits, "marks" (sign, point, exponent) and the letters
+# of NaN/Infinity; the keys' own letters are blanked before tokens are looked for.
+_DIGIT, _MARK, _LETTER, _COMMA, _WS, _QUOTE, _LBRACKET, _RBRACKET, _LBRACE, _RBRACE, _COLON, _NL, _OTHER = (
+    range(13)
+)
+_NUM = _LETTER  # a number token in a line's symbol sequence (any class <= _LETTER)
 _CLASS = np.full(256, _OTHER, np.uint8)
-_CLASS[list(b"0123456789+-.eEaNInfity")] = _NUM
+_CLASS[list(b"aNInfity")] = _LETTER
+_CLASS[list(b"+-.eE")] = _MARK
+_CLASS[list(b"0123456789")] = _DIGIT
 for _byte, _cls in {
     b",": _COMMA,
     b" ": _WS,
@@ -274,12 +279,11 @@ for _byte, _cls in {
     b"\n": _NL,
 }.items():
     _CLASS[_byte[0]] = _cls
-# Symbols of one line (whitespace dropped, each number one _NUM, keys blanked): head, the labels
-# (_NUM, _COMMA, _NUM, ...), middle, the distances, tail.
-_HEAD = np.array([_LBRACE, _COLON, _NUM, _COMMA, _COLON, _LBRACKET], np.uint8)
-_MIDDLE = np.array([_RBRACKET, _COMMA, _COLON, _LBRACKET], np.uint8)
-_TAIL = np.array([_RBRACKET, _RBRACE, _NL], np.uint8)
-_KEYS = (b'"predicted_label"', b'"labels"', b'"distances"')  # quotes 0-1, 2-3, 4-5 of a line
+_CLASS_TABLE = _CLASS.tobytes()
+# A line's symbols (whitespace dropped, each number one _NUM, keys blanked) are "{", then per field
+# ":" and its value (a _NUM, or "[" _NUM "," _NUM ... "]"), "," between fields, then "}" and the
+# newline. The fields may come in any order; a block is read fast when all its lines share one.
+_KEYS = {b'"predicted_label"': "predicted", b'"labels"': "labels", b'"distances"': "distances"}
 _TO_SPACE = bytes.maketrans(b',[]{}:"\n\r\t', b" " * 10)
 
 
@@ -302,7 +306,7 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     """Lines in the regular layout (``block`` ends with a newline) -> (neighbours per line, labels,
     distances) as flat arrays, line after line; None when any line is not in that layout."""
     raw = np.frombuffer(block, np.uint8)
-    cls = _CLASS[raw]
+    cls = np.frombuffer(block.translate(_CLASS_TABLE), np.uint8)  # (translate: faster than a take)
     newlines = np.flatnonzero(cls == _NL)
     n = newlines.size
     quote_at = np.flatnonzero(cls == _QUOTE)
@@ -311,92 +315,265 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     quotes = quote_at.reshape(n, 6)
     if n and (np.any(quotes[1:, 0] < newlines[:-1]) or np.any(quotes[:, 5] > newlines)):
         return None  # six quotes on every line
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    order = []
     blank = []
-    for i, key in enumerate(_KEYS):
+    for i in range(3):
         at = quotes[:, 2 * i]
-        if not np.all(quotes[:, 2 * i + 1] - at == len(key) - 1):
+        key = bytes(raw[at[0] : quotes[0, 2 * i + 1] + 1])  # as on the first line, on every line
+        if key not in _KEYS or _KEYS[key] in order or not np.all(quotes[:, 2 * i + 1] - at == len(key) - 1):
             return None
         windows = np.lib.stride_tricks.sliding_window_view(raw, len(key))[at]
         if not np.all(windows == np.frombuffer(key, np.uint8)):
             return None
+        order.append(_KEYS[key])
         blank.append((at[:, None] + np.arange(len(key))).reshape(-1))
     keys_at = np.concatenate(blank)
     cls[keys_at] = _WS
     raw[keys_at] = ord(" ")  # raw is a view of block: the text parsed below has no keys
 
-    # One symbol per punctuation byte and per number (the first byte of each run of _NUM bytes).
-    is_num = cls == _NUM
+    # One symbol per punctuation byte and per number (the first byte of each run of number bytes).
+    is_num = cls <= _LETTER
     symbol = cls != _WS
     symbol[1:] &= ~(is_num[1:] & is_num[:-1])
-    seq = cls[symbol]
+    symbol_at = np.flatnonzero(symbol)
+    seq = np.maximum(cls[symbol_at], _NUM)
     ends = np.flatnonzero(seq == _NL)
     per_line = np.diff(ends, prepend=-1)  # symbols per line, newline included
     list_len = (per_line - 13) // 2  # symbols of each list: 2k - 1 (k >= 1) or 0
     k = (list_len + 1) // 2
     if np.any(per_line != 13 + 2 * list_len) or np.any(list_len != np.maximum(2 * k - 1, 0)):
         return None
-    if not _symbols_match(seq, per_line, list_len):
+    if not _symbols_match(seq, per_line, list_len, order):
         return None
 
-    text = bytes(block.translate(_TO_SPACE))  # np.fromstring wants read-only bytes
     total = n + 2 * int(k.sum())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # numpy warns (and stops) on text it cannot parse
-            numbers = np.fromstring(text, dtype=np.float64, sep=" ")  # type: ignore[call-overload]
-    except (ValueError, DeprecationWarning):
-        return None
+    is_number = seq == _NUM
+    following = np.append(symbol_at[1:], raw.size)[is_number]
+    numbers = _parse_decimals(raw, cls, is_num, symbol_at[is_number], following)
+    if numbers is None:  # NaN, Infinity, long mantissas...: numpy's own parser
+        text = bytes(block.translate(_TO_SPACE))  # np.fromstring wants read-only bytes
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # numpy warns (and stops) on text it cannot parse
+                numbers = np.fromstring(text, dtype=np.float64, sep=" ")  # type: ignore[call-overload]
+        except (ValueError, DeprecationWarning):
+            return None
     if numbers.size != total:
         return None
-    return _split_numbers(numbers, k)
+    return _split_numbers(numbers, k, order)
 
 
-def _symbols_match(seq: np.ndarray, per_line: np.ndarray, list_len: np.ndarray) -> bool:
-    """Does each line's symbol sequence read head, list, middle, list, tail?"""
-    if seq.size == 0:
-        return True
+_POW10_EXACT = 10.0 ** np.arange(23)  # exact doubles
+_SWAR_MASK = np.uint64(0x000000FF000000FF)
+_SWAR_MUL1 = np.uint64(100 + (1_000_000 << 32))
+_SWAR_MUL2 = np.uint64(1 + (10_000 << 32))
+
+
+def _eight_digits(words: np.ndarray) -> np.ndarray:
+    """Values of 8 digits (0-9, one per byte, most significant first) in little-endian uint64s."""
+    v = words * np.uint64(10) + (words >> np.uint64(8))
+    return (
+        ((v & _SWAR_MASK) * _SWAR_MUL1) + (((v >> np.uint64(16)) & _SWAR_MASK) * _SWAR_MUL2)
+    ) >> np.uint64(32)
+
+
+_PAD = 24  # zero bytes before a block's text, so that 24-byte windows ending in it stay in bounds
+# _KEEP[c]: the last c bytes of a little-endian uint64 (where the right-aligned digits are).
+_KEEP = np.array([0] + [(1 << 64) - (1 << (8 * (8 - c))) for c in range(1, 9)], np.uint64)
+_ZEROS = np.uint64(0x3030303030303030)
+
+
+def _digits_value(words: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> np.ndarray:
+    """uint64 value of the ``n_digits[i]`` (at most 19) ASCII digits ending at ``end[i]``.
+
+    ``words[p]``: the 8 bytes at ``p - _PAD`` of the text as a little-endian uint64 (an overlapping
+    view, so one gather fetches 8 bytes).
+    """
+    count = max(-(-int(n_digits.max()) // 8), 1) if n_digits.size else 1
+    value = np.zeros(end.size, np.uint64)
+    for j in range(count):
+        keep = _KEEP[np.clip(n_digits - 8 * (count - 1 - j), 0, 8)]
+        word = words[end + (_PAD - 8 * (count - j))]
+        value *= np.uint64(10**8)
+        value += _eight_digits((word & keep) - (_ZEROS & keep))
+    return value
+
+
+def _parse_decimals(
+    raw: np.ndarray, cls: np.ndarray, is_num: np.ndarray, starts: np.ndarray, next_symbol: np.ndarray
+) -> np.ndarray | None:
+    """Values of the number tokens starting at ``starts``, all JSON decimals (``-12.5``, ``3``,
+    ``1.25e-3``) of at most 19 significant digits; None when any token has another form.
+
+    ``next_symbol``: where the symbol after each token starts (its end, unless whitespace follows).
+    The digits before and after the point are read as integers, 8 at a time with integer
+    arithmetic on right-aligned 8-byte words; the value is then one float operation away (mantissa
+    times or over an exact power of ten), as in strtod's fast path: exact for mantissas below
+    2**53, within one unit in the last place beyond, which float32 distances and integral labels
+    never see.
+    """
+    count = starts.size
+    if count == 0:
+        return np.zeros(0)
+    if np.any(cls == _LETTER):
+        return None
+    ends = next_symbol
+    if not np.all(is_num[ends - 1]):
+        ends = np.flatnonzero(is_num[:-1] & ~is_num[1:]) + 1
+        if ends.size != count:
+            return None
+    neg = raw[starts] == ord("-")
+    first = starts + neg
+    if not np.all(cls[first] == _DIGIT):
+        return None
+    marks = np.flatnonzero(cls == _MARK)
+    marks = marks[is_num[marks - 1]]  # leading signs are in ``neg``
+    chars = raw[marks]
+    is_point = chars == ord(".")
+    is_exp = (chars | 0x20) == ord("e")
+
+    # The point follows the first digit (1.25, 0.5, 2.5e-3) or precedes the last (123.0); else search.
+    after_first = raw[first + 1] == ord(".")
+    before_last = (raw[ends - 2] == ord(".")) & (ends - 2 > first)
+    has_point = after_first | before_last
+    point = np.where(after_first, first + 1, ends - 2)
+    if np.count_nonzero(has_point) != np.count_nonzero(is_point):
+        point_tokens = np.searchsorted(starts, marks[is_point], side="right") - 1
+        if np.any(np.diff(point_tokens) == 0):
+            return None  # two points in a number
+        has_point = np.zeros(count, bool)
+        has_point[point_tokens] = True
+        point[point_tokens] = marks[is_point]
+    # The exponent ("e5", "e-5", "e+12", "e-123") ends the number; else search.
+    n_exp = int(np.count_nonzero(is_exp))
+    mant_end = ends.copy()
+    has_exp = np.zeros(count, bool)
+    if n_exp:
+        for back in (2, 3, 4, 5):
+            at = ends - back
+            hit = ~has_exp & (at > first) & ((raw[at] | 0x20) == ord("e"))
+            has_exp |= hit
+            np.copyto(mant_end, at, where=hit)
+        if np.count_nonzero(has_exp) != n_exp:
+            exp_tokens = np.searchsorted(starts, marks[is_exp], side="right") - 1
+            if np.any(np.diff(exp_tokens) == 0):
+                return None  # two exponents in a number
+            has_exp[:] = False
+            has_exp[exp_tokens] = True
+            mant_end[exp_tokens] = marks[is_exp]
+    exp_sign = np.zeros(count, np.int64)
+    n_signs = marks.size - int(np.count_nonzero(is_point)) - n_exp
+    if n_signs:
+        sign = raw[np.minimum(mant_end + 1, raw.size - 1)]
+        signed = has_exp & ((sign == ord("-")) | (sign == ord("+")))
+        if np.count_nonzero(signed) != n_signs:
+            return None  # a sign that is neither leading nor right after an "e"
+        exp_sign[signed] = np.where(sign[signed] == ord("-"), -1, 1)
+    int_end = np.where(has_point, point, mant_end)
+    int_digits = int_end - first
+    frac_digits = np.where(has_point, mant_end - point - 1, 0)
+    if np.any(int_digits < 1) or np.any(frac_digits < 0) or np.any(has_point & (frac_digits < 1)):
+        return None
+    if int(np.max(int_digits + frac_digits)) > 19:
+        return None
+
+    # One integer per token; most need one word of digit arithmetic at most: labels "123.0" (the
+    # fraction is a lone 0), distances "1.2345679e-3" (the integer part is one digit).
+    padded = np.concatenate([np.zeros(_PAD, np.uint8), raw])
+    words = np.ndarray((padded.size - 7,), "<u8", padded, strides=(1,))
+    mantissa = (raw[first] - np.uint8(ord("0"))).astype(np.uint64)
+    longer = np.flatnonzero(int_digits > 1)
+    if longer.size:
+        mantissa[longer] = _digits_value(words, int_end[longer], int_digits[longer])
+    mantissa *= _POW10_INT[frac_digits]
+    fraction = np.flatnonzero((frac_digits > 1) | ((frac_digits == 1) & (raw[mant_end - 1] != ord("0"))))
+    if fraction.size:
+        mantissa[fraction] += _digits_value(words, mant_end[fraction], frac_digits[fraction])
+    scale = -frac_digits
+    if n_exp:
+        exp_tokens = np.flatnonzero(has_exp)
+        exp_start = mant_end[exp_tokens] + 1 + (exp_sign[exp_tokens] != 0)
+        exp_digits = ends[exp_tokens] - exp_start
+        if np.any(exp_digits < 1) or np.any(exp_digits > 3):
+            return None
+        exponent = _digits_value(words, ends[exp_tokens], exp_digits).astype(np.int64)
+        scale[exp_tokens] += np.where(exp_sign[exp_tokens] < 0, -exponent, exponent)
+    values = mantissa.astype(np.float64)
+    low, high = int(scale.min()), int(scale.max())
+    if low >= -22 and high <= 0:
+        values /= _POW10_EXACT[-scale]
+    elif low >= -22 and high <= 22:
+        up = scale >= 0
+        values = np.where(
+            up, values * _POW10_EXACT[np.where(up, scale, 0)], values / _POW10_EXACT[np.where(up, 0, -scale)]
+        )
+    else:
+        values = values * np.power(10.0, scale)
+    np.negative(values, out=values, where=neg)
+    return values
+
+
+def _symbols_match(seq: np.ndarray, per_line: np.ndarray, list_len: np.ndarray, order: list[str]) -> bool:
+    """Does each line's symbol sequence read as the fields in ``order`` (see _KEYS)?"""
     n_lines = per_line.size
-    line_start = np.cumsum(per_line) - per_line
     if np.all(per_line == per_line[0]):  # one k for the whole block: compare with one line
-        expected = _line_symbols(int(list_len[0]))
-        return bool(np.all(seq.reshape(n_lines, -1) == expected))
-    pos = np.arange(seq.size) - np.repeat(line_start, per_line)
+        return bool(np.all(seq.reshape(n_lines, -1) == _line_symbols(int(list_len[0]), order)))
+    # Lines of several lengths: the expected symbol at each position, segment by segment.
+    pos = np.arange(seq.size) - np.repeat(np.cumsum(per_line) - per_line, per_line)
     lists = np.repeat(list_len, per_line)
     expected = np.empty_like(seq)
-    in_head = pos < 6
-    expected[in_head] = _HEAD[pos[in_head]]
-    in_labels = (pos >= 6) & (pos < 6 + lists)
-    expected[in_labels] = np.where((pos[in_labels] - 6) % 2 == 0, _NUM, _COMMA)
-    middle = pos - 6 - lists
-    in_middle = (middle >= 0) & (middle < 4)
-    expected[in_middle] = _MIDDLE[middle[in_middle]]
-    dist = pos - 10 - lists
-    in_dist = (dist >= 0) & (dist < lists)
-    expected[in_dist] = np.where(dist[in_dist] % 2 == 0, _NUM, _COMMA)
-    tail = dist - lists
-    in_tail = tail >= 0
-    expected[in_tail] = _TAIL[tail[in_tail]]
+    offset = np.zeros_like(pos)
+    for i, field in enumerate(order):
+        head = [_LBRACE, _COLON] if i == 0 else [_COMMA, _COLON]
+        for symbol in head + ([_NUM] if field == "predicted" else [_LBRACKET]):
+            expected[pos == offset] = symbol
+            offset += 1
+        if field != "predicted":
+            inside = (pos >= offset) & (pos < offset + lists)
+            expected[inside] = np.where((pos[inside] - offset[inside]) % 2 == 0, _NUM, _COMMA)
+            offset += lists
+            expected[pos == offset] = _RBRACKET
+            offset += 1
+    for symbol in (_RBRACE, _NL):
+        expected[pos == offset] = symbol
+        offset += 1
     return bool(np.array_equal(seq, expected))
 
 
-def _line_symbols(list_len: int) -> np.ndarray:
-    items = np.where(np.arange(list_len) % 2 == 0, _NUM, _COMMA).astype(np.uint8)
-    return np.concatenate([_HEAD, items, _MIDDLE, items, _TAIL])
+def _line_symbols(list_len: int, order: list[str]) -> np.ndarray:
+    items = np.where(np.arange(list_len) % 2 == 0, _NUM, _COMMA)
+    parts: list[Any] = []
+    for i, field in enumerate(order):
+        parts += [[_LBRACE, _COLON] if i == 0 else [_COMMA, _COLON]]
+        parts += [[_NUM]] if field == "predicted" else [[_LBRACKET], items, [_RBRACKET]]
+    parts.append([_RBRACE, _NL])
+    return np.concatenate(parts).astype(np.uint8)
 
 
-def _split_numbers(numbers: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Numbers of each line (predicted, k labels, k distances) -> (k, labels, distances), or None
-    when a label is not an integer."""
-    n = k.size
-    if n and np.all(k == k[0]):
-        rows = numbers.reshape(n, 1 + 2 * int(k[0]))
-        label_values = rows[:, 1 : 1 + int(k[0])].reshape(-1)
-        distances = rows[:, 1 + int(k[0]) :].reshape(-1)
+def _split_numbers(
+    numbers: np.ndarray, k: np.ndarray, order: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Numbers of each line (its fields in ``order``: 1 or k numbers each) -> (k, labels,
+    distances), or None when a label is not an integer."""
+    width = 1 + 2 * k
+    line_start = np.cumsum(width) - width
+    start = {}
+    offset = np.zeros_like(k)
+    for field in order:
+        start[field] = line_start + offset
+        offset = offset + (1 if field == "predicted" else k)
+    if np.all(k == k[0]):
+        rows = numbers.reshape(k.size, 1 + 2 * int(k[0]))
+        at, size = int(start["labels"][0]), int(k[0])  # columns of the first line = of every line
+        label_values = rows[:, at : at + size].reshape(-1)
+        at = int(start["distances"][0])
+        distances = rows[:, at : at + size].reshape(-1)
     else:
-        offsets = np.cumsum(1 + 2 * k) - (1 + 2 * k)
         within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
-        label_values = numbers[np.repeat(offsets + 1, k) + within]
-        distances = numbers[np.repeat(offsets + 1 + k, k) + within]
+        label_values = numbers[np.repeat(start["labels"], k) + within]
+        distances = numbers[np.repeat(start["distances"], k) + within]
     with np.errstate(invalid="ignore"):
         labels = label_values.astype(np.int64)
     if not np.array_equal(labels, label_values):  # non-integral, NaN or out of range
