@@ -374,7 +374,7 @@ def _check_local_only(aws: bool, endpoint: str | None, **aws_only: Any) -> None:
         raise _fail("--dynamodb-endpoint is local-only: with --aws the table is the deployed one.")
     given = [f"--{name.replace('_', '-')}" for name, value in aws_only.items() if value]
     if not aws and given:
-        raise _fail(f"{'/'.join(given)} only apply with --aws.")
+        raise _fail(f"{'/'.join(given)} {'apply' if len(given) > 1 else 'applies'} only with --aws.")
 
 
 @contextlib.contextmanager

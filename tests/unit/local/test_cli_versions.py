@@ -244,5 +244,5 @@ def test_unlock_help_explains_force() -> None:
 
 def test_local_commands_reject_aws_only_options(tmp_path: Path) -> None:
     result = runner.invoke(app, ["versions", "--stack", "Recpipe", "--workdir", str(tmp_path)])
-    assert result.exit_code == 2 and "--stack only apply with --aws" in _text(result)
+    assert result.exit_code == 2 and "--stack applies only with --aws" in _text(result)
     assert not (tmp_path / "dynamodb").exists()
