@@ -2,8 +2,12 @@
 
 Every command takes ``--workdir`` (default ``.recpipe``): the local state it reads or writes
 (MovieLens cache, the S3 mirror ``s3/``, the dynalite data ``dynamodb/``, execution records
-``executions/``). Exit codes: 0 success, 1 a failed pipeline run, 2 bad usage or input (unknown
-user, invalid ``--set``, missing record).
+``executions/``). With ``--aws``, ``run``, ``status``, ``recommend``, ``export``, ``versions``,
+``rollback`` and ``unlock`` act on the deployed stack instead (default boto3 credentials; the table
+and state machine from ``--table`` / ``--state-machine-arn`` or the stack's outputs,
+:mod:`recpipe.remote.aws`). Exit codes: 0 success, 1 a failed pipeline run (or a lock/pointer that
+changed under the command), 2 bad usage or input (unknown user, invalid ``--set``, missing record,
+a version that cannot be activated, a lock whose run may still be running without ``--force``).
 """
 
 from __future__ import annotations
