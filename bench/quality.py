@@ -25,6 +25,8 @@ ratio to ALS measured in the same run is the figure to compare.
 
 ``--validation`` scores every model on a validation split made the same way inside the training
 part (tuning happens there, never on the test holdout); it implies ``--in-process``.
+``--validation-fraction 0.1`` makes a second validation-like split (the most recent 10 % of the
+training part held out): a choice worth keeping should win on both, not peak on one.
 
 Ends with ``RESULT ndcg_recpipe=<x> ndcg_als=<y> ratio=<x/y> coverage_recpipe=<c> coverage_als=<d>``.
 """
@@ -106,7 +108,7 @@ def load_movielens(workdir: Path) -> tuple[Path, pd.DataFrame]:
     return dest, frame
 
 
-def make_split(frame: pd.DataFrame, *, validation: bool) -> Split:
+def make_split(frame: pd.DataFrame, *, validation: bool, inner_fraction: float = HOLDOUT_FRACTION) -> Split:
     uids, iids = np.sort(frame.user_id.unique()), np.sort(frame.item_id.unique())
     data = frame.assign(u=np.searchsorted(uids, frame.user_id), i=np.searchsorted(iids, frame.item_id))
     data = data.sort_values(["u", "timestamp", "i"]).reset_index(drop=True)
@@ -116,7 +118,7 @@ def make_split(frame: pd.DataFrame, *, validation: bool) -> Split:
     if validation:
         train = train.reset_index(drop=True)
         scope = train[["user_id", "item_id", "rating", "timestamp"]]
-        held = holdout_mask(train, HOLDOUT_FRACTION)
+        held = holdout_mask(train, inner_fraction)
         train, holdout = train[~held], train[held]
     n_users, n_items = len(uids), len(iids)
     seen = sp.csr_matrix((np.ones(len(train), np.float32), (train.u, train.i)), shape=(n_users, n_items))
@@ -333,12 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in-process", action="store_true", help="recpipe without the local engine")
     parser.add_argument("--validation", action="store_true", help="score on the validation split")
+    parser.add_argument("--validation-fraction", type=float, default=HOLDOUT_FRACTION, metavar="F",
+                        help="with --validation: hold out the most recent ceil(F * n_u) of the training "
+                        "part (a second validation-like split, e.g. 0.1, to check a choice is robust)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".recpipe", help="data set cache")
     args = parser.parse_args(argv)
     overrides = dict(cfg.parse_assignment(a) for a in args.set)
     data_dir, frame = load_movielens(args.workdir)
-    split = make_split(frame, validation=args.validation)
+    if args.validation:
+        overrides.setdefault("evaluation.holdout_fraction", args.validation_fraction)
+    split = make_split(frame, validation=args.validation, inner_fraction=args.validation_fraction)
     which = "validation" if args.validation else "test"
     print(
         f"MovieLens-100k: {split.n_users} users, {split.n_items} items, {len(split.train):,} training "

@@ -110,10 +110,17 @@ PARAMS: tuple[Param, ...] = (
        min=0, max=1000),
     _P("processing.context_decay", float, 0.9, "Weight decay per step back in the sequence context.",
        min=0.0, max=1.0),
+    _P("processing.context_split_ratings", bool, False,
+       "Sequence context: non-positive interactions (rating below positive_threshold) get a block of "
+       "their own instead of sharing the positives' columns."),
     _P("processing.context_gap", float, 0.0,
        "Sequence context: each round, a training row's context ends a random number of steps "
        "(uniform in [0, context_gap * the user's interaction count]) before its interaction instead of "
        "just before it, as at scoring time the held-out items lie some steps after the context.",
+       min=0.0, max=1.0),
+    _P("processing.recent_fraction", float, 0.0,
+       "Implicit mode: positives among the most recent recent_fraction of each user's interactions "
+       "are written twice per round (with their own negatives), weighting recent taste; 0 = off.",
        min=0.0, max=1.0),
     _P("processing.negative_popularity", float, 0.0,
        "Implicit mode: share of negatives drawn in proportion to item popularity (interaction counts) "

@@ -1133,8 +1133,10 @@ def run(opt_ml: Path) -> dict[str, Any]:
              f"{n_rounds_train} negative round(s) and a context of {context_items} items "
              f"(configured {conf['processing.negative_rounds']} and {conf['processing.context_items']})")
     context_offset = dim
+    # With processing.context_split_ratings the non-positive interactions get their own block.
+    context_split = bool(conf["processing.context_split_ratings"]) and ratings is not None
     if context_items:
-        dim += n_items
+        dim += n_items * (2 if context_split else 1)
     user_rows = _entity_rows(n_users, 0, user_feats, user_feat_offset, dim)
     item_rows = _entity_rows(n_items, n_users, item_feats, item_feat_offset, dim)
     layout: dict[str, Any] = {
@@ -1144,6 +1146,8 @@ def run(opt_ml: Path) -> dict[str, Any]:
     }
     if context_items:
         layout["context"] = [context_offset, n_items]
+        if context_split:
+            layout["context_non_positive"] = [context_offset + n_items, n_items]
 
     has_holdout = bool(prep.holdout.any())
     train_mask = ~prep.holdout
@@ -1162,7 +1166,8 @@ def run(opt_ml: Path) -> dict[str, Any]:
     if context_items:
         for name in ("train", "full"):
             mask = sets[name]
-            ctx = SequenceContext.of(prep.users[mask], prep.items[mask], n_users, length=context_items,
+            columns = prep.items[mask] + (n_items * ~positive[mask] if context_split else 0)
+            ctx = SequenceContext.of(prep.users[mask], columns, n_users, length=context_items,
                                      decay=float(conf["processing.context_decay"]), offset=context_offset,
                                      dim=dim)
             contexts[name], inference[name] = ctx, ctx.user_rows(user_rows)
@@ -1191,19 +1196,29 @@ def run(opt_ml: Path) -> dict[str, Any]:
                                     + ("; lower the threshold or set evaluation.holdout_fraction to 0"
                                        if name == "test" else ""))
             n_rounds = 1 if name == "test" else n_rounds_train
+            picked = np.flatnonzero(rows_mask)
+            set_counts = np.bincount(prep.users[mask], minlength=n_users)
+            set_start = np.cumsum(set_counts) - set_counts
+            recent = float(conf["processing.recent_fraction"])
+            if recent > 0 and name != "test":
+                # positives among the user's most recent interactions of the set are written twice
+                u = prep.users[picked]
+                from_end = set_counts[u] - 1 - (position[picked] - set_start[u])
+                extra = picked[from_end < np.ceil(recent * set_counts[u] - _HOLDOUT_SLACK)]
+                picked = np.sort(np.concatenate([picked, extra]), kind="stable")
             gap_limit = None
             gap = float(conf["processing.context_gap"])
             if context is not None and gap > 0:
-                start = context.indptr[prep.users[rows_mask]]
-                n_u = np.diff(context.indptr)[prep.users[rows_mask]]
-                gap_limit = np.minimum(np.floor(gap * n_u).astype(np.int64), position[rows_mask] - start)
+                u = prep.users[picked]
+                gap_limit = np.minimum(np.floor(gap * set_counts[u]).astype(np.int64),
+                                       position[picked] - set_start[u])
             share = float(conf["processing.negative_popularity"])
             cdf = None
             if share > 0:
                 popularity = np.bincount(prep.items[mask], minlength=n_items).astype(np.float64)
                 cdf = np.cumsum(popularity) / popularity.sum()
             rounds = _implicit_rounds(
-                prep.users[rows_mask], prep.items[rows_mask], position[rows_mask] if context else None,
+                prep.users[picked], prep.items[picked], position[picked] if context else None,
                 seen_train if name == "train" else seen_all, per_positive, n_rounds, rng_neg[name],
                 counts, name, gap_limit, cdf, share)
         else:
