@@ -49,7 +49,9 @@ _BUNDLER_VERSION = "1"
 
 # Function code: the packages the handlers import, minus what only runs locally.
 CODE_PACKAGES = ("lambdas", "recpipe")
-CODE_EXCLUDED = ("recpipe/local", "recpipe/algorithms", "recpipe/cli.py", "recpipe/datasets.py")
+CODE_EXCLUDED = (
+    "recpipe/local", "recpipe/algorithms", "recpipe/remote", "recpipe/cli.py", "recpipe/datasets.py"
+)
 CODE_SUFFIXES = (".py", ".json")
 
 

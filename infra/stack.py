@@ -144,7 +144,7 @@ class RecpipeStack(Stack):
         CfnOutput(self, "BucketName", value=self.data.bucket.bucket_name,
                   description="Data bucket: upload interactions under input/interactions/")
         CfnOutput(self, "TableName", value=self.results.table.table_name,
-                  description="Results table (recpipe recommend --table ...)")
+                  description="Results table (recpipe recommend USER_ID --aws)")
         CfnOutput(self, "StateMachineArn", value=self.pipeline.state_machine.state_machine_arn,
                   description="Pipeline state machine (recpipe run --aws --state-machine-arn ...)")
         CfnOutput(self, "AlertsTopicArn", value=self.alerts.topic.topic_arn,
