@@ -55,8 +55,8 @@ _SEP = b", "
 
 # "0000" ... "9999" as little-endian uint32 words: four digits written with one store.
 _DIGITS4 = np.array([f"{i:04d}".encode() for i in range(10_000)]).view("<u4")
-_POW10_INT = 10 ** np.arange(19, dtype=np.uint64)
-_POW10 = 10.0 ** np.arange(-64, 65)  # _POW10[64 + e] = 10**e
+_POW10_INT = 10 ** np.arange(20, dtype=np.uint64)
+_POW10 = 10.0 ** np.arange(-80, 81)  # _POW10[80 + e] = 10**e
 _SPECIAL = {"nan": b"NaN", "inf": b"Infinity", "-inf": b"-Infinity"}  # json.dumps spelling
 
 
@@ -76,7 +76,7 @@ def _int_tokens(values: np.ndarray, suffix: bytes) -> tuple[np.ndarray, np.ndarr
     mag = np.abs(values).astype(np.uint64)  # abs(int64 min) wraps to 2**63: still right as uint64
     top = int(mag.max()) if mag.size else 0
     n_digits = np.ones(mag.size, np.int64)
-    for p in _POW10_INT[1:]:
+    for p in _POW10_INT[1:19]:
         if top < p:
             break
         n_digits += mag >= p
@@ -93,54 +93,82 @@ def _int_tokens(values: np.ndarray, suffix: bytes) -> tuple[np.ndarray, np.ndarr
     return chars, used
 
 
+def _positional_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For decimal exponents -5..8: where each of the 15 characters after the sign comes from
+    (0-8: the 9 significant digits, 9: ".", 10: "0"), and the length for 1..9 significant digits.
+    ``ddd.ddd`` (at least one digit after the point) for e >= 0, ``0.000ddd`` for e < 0."""
+    source = np.full((14, 15), 10, np.uint8)
+    length = np.zeros((14, 10), np.uint8)
+    for e in range(-5, 9):
+        point = e + 1 if e >= 0 else 1
+        first_digit = 0 if e >= 0 else 1 - e  # column of the first significant digit
+        for p in range(15):
+            if p == point:
+                source[e + 5, p] = 9
+            elif p >= first_digit:
+                digit = p - first_digit - (e >= 0 and p > point)
+                source[e + 5, p] = digit if digit < 9 else 10
+        for sig in range(1, 10):
+            length[e + 5, sig] = e + 2 + max(sig - e - 1, 1) if e >= 0 else first_digit + sig
+    return source, length
+
+
+_POSITIONAL_SOURCE, _POSITIONAL_LENGTH = _positional_tables()
+_FLOAT_WIDTH = 16
+
+
 def _float_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Floats as ``-d.dddddddde-XX`` with 9 significant digits (every float32 reads back exactly),
-    trailing zeros dropped (at least ``d.0``), no exponent when it is 0: (n, 15) ASCII slots and
-    the mask of the bytes used."""
+    """Floats with 9 significant digits (every float32 reads back exactly), trailing zeros dropped:
+    ``-123.25``, ``0.000125``, ``1.0``, and ``1.25e-7`` / ``3.4028235e38`` outside [1e-5, 1e9);
+    ``NaN``/``Infinity`` as json.dumps spells them. Returns (n, w) ASCII slots and the mask of the
+    bytes used."""
     x = values.astype(np.float64, copy=False)
     finite = np.isfinite(x)
     mag = np.where(finite, np.abs(x), 0.0)
     nonzero = mag > 0
     exp = np.zeros(x.size, np.int64)
     exp[nonzero] = np.floor(np.log10(mag[nonzero])).astype(np.int64)
-    np.clip(exp, -63 + 8, 64, out=exp)
-    mant = np.rint(mag * _POW10[64 + 8 - exp])
+    wild = (exp < -56) | (exp > 72)  # beyond float32's range: Python's repr below
+    np.clip(exp, -56, 72, out=exp)
+    mant = np.rint(mag * _POW10[80 + 8 - exp])
     for _ in range(2):  # log10 can be off by one next to powers of ten; rounding can reach 10**9
         high, low = mant >= 1e9, nonzero & (mant < 1e8)
         if not (high.any() or low.any()):
             break
         exp += high
         exp -= low
-        mant = np.rint(mag * _POW10[64 + 8 - exp])
-    m = mant.astype(np.uint64)
-    lead, frac = m // np.uint64(10**8), m % np.uint64(10**8)
-    frac_digits = np.full(x.size, 8, np.int64)
-    for p in (10, 100, 1000, 10**4, 10**5, 10**6, 10**7):
-        frac_digits -= frac % np.uint64(p) == 0
+        mant = np.rint(mag * _POW10[80 + 8 - exp])
+    m = np.where(wild, 0.0, mant).astype(np.uint64)
+    digits = _digit_words(m, 3)[:, 3:]  # the 9 significant digits, ASCII
+    significant = np.full(x.size, 9, np.int64)
+    for p in (10, 100, 1000, 10**4, 10**5, 10**6, 10**7, 10**8):
+        significant -= m % np.uint64(p) == 0
 
-    chars = np.empty((x.size, 15), np.uint8)
-    used = np.zeros((x.size, 15), bool)
+    chars = np.empty((x.size, _FLOAT_WIDTH), np.uint8)
+    used = np.empty((x.size, _FLOAT_WIDTH), bool)
     chars[:, 0] = ord("-")
     used[:, 0] = np.signbit(x)
-    chars[:, 1] = lead.astype(np.uint8) + ord("0")
-    chars[:, 2] = ord(".")
-    used[:, 1:3] = True
-    chars[:, 3:11] = _digit_words(frac, 2)
-    used[:, 3:11] = np.arange(8) < frac_digits[:, None]
-    has_exp = exp != 0
-    chars[:, 11] = ord("e")
-    chars[:, 12] = ord("-")
-    used[:, 11] = has_exp
-    used[:, 12] = exp < 0
-    abs_exp = np.abs(exp)
-    chars[:, 13] = (abs_exp // 10).astype(np.uint8) + ord("0")
-    chars[:, 14] = (abs_exp % 10).astype(np.uint8) + ord("0")
-    used[:, 13] = abs_exp >= 10
-    used[:, 14] = has_exp
-    for i in np.flatnonzero(~finite):
-        text = _SPECIAL[str(x[i])]
+    positional = (exp >= -5) & (exp <= 8)
+    row = np.clip(exp + 5, 0, 13)
+    alphabet = np.empty((x.size, 11), np.uint8)
+    alphabet[:, :9] = digits
+    alphabet[:, 9] = ord(".")
+    alphabet[:, 10] = ord("0")
+    chars[:, 1:] = np.take_along_axis(alphabet, _POSITIONAL_SOURCE[row], axis=1)
+    used[:, 1:] = np.arange(15) < _POSITIONAL_LENGTH[row, significant][:, None]
+    for i in np.flatnonzero(~positional | ~finite | wild):
+        if not finite[i] or wild[i]:
+            text = _SPECIAL.get(str(x[i]), repr(float(x[i])).encode())
+        else:  # d.ddde-X: the digits, then the exponent
+            sig = digits[i, : significant[i]].tobytes()
+            text = sig[:1] + b"." + (sig[1:] or b"0") + b"e" + str(int(exp[i])).encode()
+        text = (b"-" if x[i] < 0 else b"") + text.lstrip(b"-")
+        if len(text) > chars.shape[1]:
+            grow = len(text) - chars.shape[1]
+            chars = np.pad(chars, ((0, 0), (0, grow)))
+            used = np.pad(used, ((0, 0), (0, grow)))
         chars[i, : len(text)] = np.frombuffer(text, np.uint8)
-        used[i] = np.arange(15) < len(text)
+        used[i] = np.arange(chars.shape[1]) < len(text)
     return chars, used
 
 
@@ -349,10 +377,19 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
         return None
 
     total = n + 2 * int(k.sum())
-    is_number = seq == _NUM
-    following = np.append(symbol_at[1:], raw.size)[is_number]
-    numbers = _parse_decimals(raw, cls, is_num, symbol_at[is_number], following)
+    number_at = np.flatnonzero(seq == _NUM)  # a newline symbol follows every line's last number
+    numbers = _parse_decimals(raw, cls, is_num, symbol_at[number_at], symbol_at[number_at + 1])
     if numbers is None:  # NaN, Infinity, long mantissas...: numpy's own parser
+        starts = symbol_at[number_at]
+        lead = raw[starts]
+        after = raw[np.minimum(starts + 1, raw.size - 1)]
+        if not np.all(
+            (cls[starts] == _DIGIT)
+            | (lead == ord("N"))
+            | (lead == ord("I"))
+            | ((lead == ord("-")) & ((_CLASS[after] == _DIGIT) | (after == ord("I"))))
+        ):
+            return None  # "+1", ".5", "-.5": not JSON
         text = bytes(block.translate(_TO_SPACE))  # np.fromstring wants read-only bytes
         try:
             with warnings.catch_warnings():
@@ -385,19 +422,30 @@ _KEEP = np.array([0] + [(1 << 64) - (1 << (8 * (8 - c))) for c in range(1, 9)], 
 _ZEROS = np.uint64(0x3030303030303030)
 
 
-def _digits_value(words: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> np.ndarray:
-    """uint64 value of the ``n_digits[i]`` (at most 19) ASCII digits ending at ``end[i]``.
+def _digits_value(words: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> np.ndarray | None:
+    """uint64 value of the ``n_digits[i]`` (at most 24) ASCII digits ending at ``end[i]``; None
+    when a value does not fit (more than 19 digits after leading zeros).
 
     ``words[p]``: the 8 bytes at ``p - _PAD`` of the text as a little-endian uint64 (an overlapping
     view, so one gather fetches 8 bytes).
     """
     count = max(-(-int(n_digits.max()) // 8), 1) if n_digits.size else 1
     value = np.zeros(end.size, np.uint64)
+    low = int(n_digits.min()) if n_digits.size else 0
     for j in range(count):
-        keep = _KEEP[np.clip(n_digits - 8 * (count - 1 - j), 0, 8)]
-        word = words[end + (_PAD - 8 * (count - j))]
-        value *= np.uint64(10**8)
-        value += _eight_digits((word & keep) - (_ZEROS & keep))
+        before = 8 * (count - 1 - j)  # digits after this word
+        word = words[end + (_PAD - 8 - before)]
+        if low >= before + 8:  # every number fills this word
+            digits = word - _ZEROS
+        else:
+            keep = _KEEP[np.minimum(np.maximum(n_digits - before, 0), 8)]
+            digits = (word & keep) - (_ZEROS & keep)
+        part = _eight_digits(digits)
+        if j == 0 and count == 3 and np.any(part >= 1000):
+            return None  # 10**19 and beyond do not fit in a uint64
+        if j:
+            value *= np.uint64(10**8)
+        value += part
     return value
 
 
@@ -476,7 +524,9 @@ def _parse_decimals(
     frac_digits = np.where(has_point, mant_end - point - 1, 0)
     if np.any(int_digits < 1) or np.any(frac_digits < 0) or np.any(has_point & (frac_digits < 1)):
         return None
-    if int(np.max(int_digits + frac_digits)) > 19:
+    # Up to 19 significant digits fit in a uint64 (a "0." fraction may have leading zeros on top).
+    zero_int = (int_digits == 1) & (raw[first] == ord("0"))
+    if np.any(np.where(zero_int, frac_digits > 24, int_digits + frac_digits > 19)):
         return None
 
     # One integer per token; most need one word of digit arithmetic at most: labels "123.0" (the
@@ -486,11 +536,17 @@ def _parse_decimals(
     mantissa = (raw[first] - np.uint8(ord("0"))).astype(np.uint64)
     longer = np.flatnonzero(int_digits > 1)
     if longer.size:
-        mantissa[longer] = _digits_value(words, int_end[longer], int_digits[longer])
-    mantissa *= _POW10_INT[frac_digits]
+        value = _digits_value(words, int_end[longer], int_digits[longer])
+        if value is None:
+            return None
+        mantissa[longer] = value
+    mantissa *= _POW10_INT[np.minimum(frac_digits, 19)]  # (larger: only "0." numbers, times 0)
     fraction = np.flatnonzero((frac_digits > 1) | ((frac_digits == 1) & (raw[mant_end - 1] != ord("0"))))
     if fraction.size:
-        mantissa[fraction] += _digits_value(words, mant_end[fraction], frac_digits[fraction])
+        value = _digits_value(words, mant_end[fraction], frac_digits[fraction])
+        if value is None:
+            return None
+        mantissa[fraction] += value
     scale = -frac_digits
     if n_exp:
         exp_tokens = np.flatnonzero(has_exp)
@@ -498,7 +554,7 @@ def _parse_decimals(
         exp_digits = ends[exp_tokens] - exp_start
         if np.any(exp_digits < 1) or np.any(exp_digits > 3):
             return None
-        exponent = _digits_value(words, ends[exp_tokens], exp_digits).astype(np.int64)
+        exponent = _digits_value(words, ends[exp_tokens], exp_digits).astype(np.int64)  # type: ignore[union-attr]
         scale[exp_tokens] += np.where(exp_sign[exp_tokens] < 0, -exponent, exponent)
     values = mantissa.astype(np.float64)
     low, high = int(scale.min()), int(scale.max())

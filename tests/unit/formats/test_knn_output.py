@@ -89,3 +89,114 @@ def test_formats_package_import_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def _json_reference(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The plain reading: json.loads per line, labels int64, distances float32, padded."""
+    records = [json.loads(line) for line in data.splitlines() if line.strip()]
+    k = max((len(r["labels"]) for r in records), default=0)
+    labels = np.full((len(records), k), -1, np.int64)
+    distances = np.full((len(records), k), np.nan, np.float32)
+    for i, r in enumerate(records):
+        labels[i, : len(r["labels"])] = np.asarray(r["labels"], np.float64).astype(np.int64)
+        distances[i, : len(r["distances"])] = np.asarray(r["distances"], np.float32)
+    return labels, distances
+
+
+def _random_distances(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    scale = 10.0 ** rng.integers(-12, 12, shape)
+    values = (rng.normal(size=shape) * scale).astype(np.float32)
+    values[rng.random(shape) < 0.05] = 0.0
+    values[rng.random(shape) < 0.02] = -0.0
+    bits = rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    pick = rng.random(shape) < 0.2  # arbitrary bit patterns: subnormals, huge, NaN, infinities
+    values[pick] = bits[pick]
+    return values
+
+
+def _assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1].dtype == np.float32
+    np.testing.assert_array_equal(got[1].view(np.uint32), want[1].view(np.uint32))  # bit for bit
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_writer_output_reads_back_bit_for_bit(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(knn_output, "_BLOCK_LINES", 64)
+    rng = np.random.default_rng(seed)
+    n, k = 300, 25
+    labels = rng.integers(-1, 2**40, (n, k))
+    distances = _random_distances(rng, (n, k))
+    distances[distances != distances] = np.nan  # one NaN spelling
+    predicted = np.where(rng.random(n) < 0.1, np.nan, labels[:, 0]).astype(np.float32)
+    buf = io.BytesIO()
+    write_verbose_jsonlines(buf, labels, distances, predicted)
+    want = _json_reference(buf.getvalue())
+    np.testing.assert_array_equal(want[0], labels)
+    np.testing.assert_array_equal(want[1].view(np.uint32), distances.view(np.uint32))
+    _assert_same(read_verbose_jsonlines(buf.getvalue()), want)
+
+
+@pytest.mark.parametrize(
+    "order", [("predicted_label", "labels", "distances"), ("distances", "labels", "predicted_label")]
+)
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
+def test_json_dumps_texts_read_as_json_loads_does(
+    order: tuple[str, ...], separators: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other writers' spelling (Python float reprs, up to 17 digits, exponents, other key orders,
+    no spaces) takes the fast path and gives json.loads' numbers."""
+    monkeypatch.setattr(knn_output, "_block_slow", _fail_slow)
+    rng = np.random.default_rng(len(order[0]) + len(separators[0]))
+    n, k = 200, 30
+    labels = rng.integers(0, 10**6, (n, k)).astype(np.float64)
+    distances = np.sort(rng.gamma(1.0, 3.0, (n, k)), axis=1).astype(np.float32)
+    distances[:, 0] *= 10.0 ** rng.integers(-9, 0, n)  # 1e-05 and 0.00123... spellings
+    distances[:5, 0] = 0.0
+    lines = []
+    for i in range(n):
+        record = {
+            "predicted_label": float(labels[i, 0]),
+            "labels": labels[i].tolist(),
+            "distances": distances[i].astype(np.float64).tolist(),
+        }
+        lines.append(json.dumps({key: record[key] for key in order}, separators=separators))
+    data = ("\n".join(lines) + "\n").encode()
+    want = _json_reference(data)
+    _assert_same(read_verbose_jsonlines(data), want)
+    np.testing.assert_array_equal(want[1], distances)
+
+
+def _fail_slow(*args: object) -> object:
+    raise AssertionError("the line-by-line reader was used")
+
+
+def test_regular_ragged_block_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(knn_output, "_block_slow", _fail_slow)
+    text = (
+        b'{"predicted_label": 1.0, "labels": [1.0, 2.0, 3.0], "distances": [0.5, 0.7, 0.9]}\n'
+        b'{"predicted_label":7.0,"labels":[7.0],"distances":[1e-7]}\r\n'
+        b'{ "predicted_label" : -1.0 , "labels" : [ ] , "distances" : [ ] }\n\n\n'
+    )
+    labels, distances = read_verbose_jsonlines(text)
+    np.testing.assert_array_equal(labels, [[1, 2, 3], [7, -1, -1], [-1, -1, -1]])
+    np.testing.assert_array_equal(distances[:2, 0], np.array([0.5, 1e-7], np.float32))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [0.5 0.7]}', "not valid JSON"),
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [0.5,, 0.7]}', "not valid JSON"),
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [1.2.3, 0.7]}', "not valid JSON"),
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [--1, 0.7]}', "not valid JSON"),
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [1e, 0.7]}', "not valid JSON"),
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [+1, 0.7]}', "not valid JSON"),
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.5], "distances": [0.5, 0.7]}', "must be integral"),
+        (b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [0.5]}', r"'labels' \(2\) and"),
+    ],
+)
+def test_malformed_numbers_in_a_regular_block_name_the_line(bad: bytes, message: str) -> None:
+    good = b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [0.5, 0.7]}\n'
+    with pytest.raises(KnnOutputError, match=rf"line 3\b.*{message}|line 3: .*{message}"):
+        read_verbose_jsonlines(good * 2 + bad + b"\n" + good)
