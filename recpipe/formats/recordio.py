@@ -16,7 +16,9 @@ and each payload is a serialised ``aialgs.data.Record`` protobuf (``sagemaker/am
 The writers produce exactly the bytes of ``sagemaker.amazon.common.write_spmatrix_to_sparse_tensor``
 and ``write_numpy_to_dense_tensor`` (same dtype rules: float32 -> Float32Tensor, float64 ->
 Float64Tensor, the platform ``int`` (int64) -> Int32Tensor), but build whole chunks of records
-with array operations instead of one protobuf object per row.
+with array operations instead of one protobuf object per row. When numba is installed (it is not
+a dependency, and not in the processing container or the Lambdas), large writes use a compiled
+loop that produces the same bytes; the numpy path stays the reference and the fallback.
 
 The readers parse the layout these writers produce with array operations; any other valid
 encoding (other field order, unpacked repeated fields, float64/int32 tensors, dmlc multi-part
@@ -151,9 +153,11 @@ def _segment_sums(per_item: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 #
 # A chunk of rows is laid out as an (n, W) byte matrix plus an (n, W) mask of the bytes in use:
 # row i holds record i's frame field by field (fixed-width slots, e.g. 3 bytes for a varint that
-# needs at most 3), and ``matrix[mask]`` (row-major compaction) is the file's bytes. The values and
-# keys take ``max nnz`` slots per row; when that wastes too much (very uneven rows) the chunk is
-# assembled from flat per-field streams with one gather instead.
+# needs at most 3), and ``matrix[mask]`` (row-major, 1-D boolean compaction) is the file's bytes.
+# Every field is written straight into its columns of one preallocated matrix; dense float rows
+# use every byte, so there the matrix is the output and no mask is built. The values and keys
+# take ``max nnz`` slots per row; when that wastes too much (very uneven rows) the chunk is split,
+# and small uneven chunks are assembled from flat per-field streams with one gather instead.
 
 
 _Field = tuple[np.ndarray, np.ndarray]  # (n, width) uint8 block, per-row byte count
@@ -492,7 +496,8 @@ def _encode(rows: _Rows) -> Iterator[np.ndarray]:
         s.const(_shape_field(rows.n_cols))
     if lay.label is not None:
         s.field(*lay.label)
-    s.field(np.zeros((n, 3), np.uint8), (-record) % 4)
+    pad = (-record) % 4
+    s.field(np.zeros((n, int(pad.max())), np.uint8), pad)  # as wide as needed: equal rows stay "full"
     yield s.assemble()
 
 
@@ -852,7 +857,9 @@ def _write_rows(fileobj: IO[bytes], rows: _Rows) -> None:
     items = rows.indptr.size + rows.values.size
     if _USE_NUMBA is None:
         ready = _numba_kernel or "numba" in sys.modules
-        if items >= (_NUMBA_MIN_ITEMS_LOADED if ready else _NUMBA_MIN_ITEMS):
+        # Dense float rows use every slot byte: the numpy path copies them as fast as the kernel.
+        dense_floats = rows.keys is None and rows.value_type != _I4
+        if not dense_floats and items >= (_NUMBA_MIN_ITEMS_LOADED if ready else _NUMBA_MIN_ITEMS):
             kernel = _numba_encoder()
     elif _USE_NUMBA:
         kernel = _numba_encoder()
