@@ -12,7 +12,9 @@ defaults. Rows are shuffled once; every epoch visits the minibatches in a new ra
 
 Speed: the numba kernels in :mod:`recpipe.algorithms._fm_kernels` run on every core at once, each
 thread on its own minibatches, updating the shared model without locks (Hogwild). ``n_jobs=1``
-gives exactly sequential minibatch Adam, reproducible bit for bit for a given ``seed``.
+gives exactly sequential minibatch Adam, reproducible bit for bit for a given ``seed``. ``n_jobs``
+may also be a callable asked for the number of threads before every epoch: the local engine passes
+one that shares the cores among the training jobs running at the same time.
 
 Two entry points:
 
@@ -44,6 +46,7 @@ from recpipe.algorithms.exceptions import AlgorithmError, DataError, Hyperparame
 __all__ = [
     "HYPERPARAMETERS",
     "FactorizationMachines",
+    "NJobs",
     "OnEpoch",
     "fm_metrics",
     "parse_hyperparameters",
@@ -53,6 +56,10 @@ __all__ = [
 #: ``on_epoch(epoch, epochs, metrics)``, called after every epoch (epoch counts from 1); metrics
 #: are named as SageMaker names them (``train:rmse``, ``test:rmse``, ...).
 OnEpoch = Callable[[int, int, dict[str, float]], None]
+
+#: Training threads: ``None`` (every available core), an int >= 1, or a callable returning the
+#: number to use, asked before every epoch (answers below 1 count as 1, above the cores as the cores).
+NJobs = int | Callable[[], int] | None
 
 _INT_MAX = 2**31 - 1
 _ADAM_BETA1 = 0.9
@@ -214,7 +221,8 @@ class FactorizationMachines:
     Hyperparameters carry the built-in's names and defaults (see :data:`HYPERPARAMETERS`);
     ``feature_dim=None`` takes the number of columns of ``X``. ``seed`` fixes the initialisation
     and the shuffling; ``n_jobs`` is the number of training threads (``None``: every available
-    core; ``1``: sequential and reproducible).
+    core; ``1``: sequential and reproducible; a callable: asked before every epoch, see
+    :data:`NJobs`).
     """
 
     def __init__(
@@ -249,7 +257,7 @@ class FactorizationMachines:
         use_bias: bool = True,
         use_linear: bool = True,
         seed: int = 0,
-        n_jobs: int | None = None,
+        n_jobs: NJobs = None,
     ) -> None:
         self.feature_dim = feature_dim
         self.num_factors = num_factors
@@ -295,7 +303,7 @@ class FactorizationMachines:
 
     @classmethod
     def from_hyperparameters(
-        cls, raw: Mapping[str, Any], *, seed: int = 0, n_jobs: int | None = None
+        cls, raw: Mapping[str, Any], *, seed: int = 0, n_jobs: NJobs = None
     ) -> FactorizationMachines:
         """Build from a SageMaker hyperparameter mapping (string values): :func:`parse_hyperparameters`."""
         return cls(**parse_hyperparameters(raw), seed=seed, n_jobs=n_jobs)
@@ -311,11 +319,12 @@ class FactorizationMachines:
                 )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
             raise HyperparameterError(f"The 'seed' parameter must be an int >= 0, got {self.seed!r}.")
-        if self.n_jobs is not None and (
+        if self.n_jobs is not None and not callable(self.n_jobs) and (
             isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1
         ):
             raise HyperparameterError(
-                f"The 'n_jobs' parameter must be None or an int >= 1, got {self.n_jobs!r}."
+                "The 'n_jobs' parameter must be None, an int >= 1 or a callable returning one, "
+                f"got {self.n_jobs!r}."
             )
         return hp
 
@@ -370,11 +379,23 @@ class FactorizationMachines:
         n_rows = ytr.shape[0]
         batch = hp["mini_batch_size"]
         n_batches = -(-n_rows // batch)
-        threads = min(_n_threads(self.n_jobs), n_batches)
+        cores = _n_threads(None)
+        n_jobs = self.n_jobs
+        if callable(n_jobs):
+            ask: Callable[[], int] = n_jobs
+            max_threads = min(cores, n_batches)
+        else:
+            fixed = min(_n_threads(n_jobs), n_batches)
+
+            def ask() -> int:
+                return fixed
+
+            max_threads = fixed
         max_nnz = int(np.diff(indptr).max(initial=0))
         touched_cap = max(1, min(feature_dim, batch * max(max_nnz, 1)))
-        scratch = [
-            (
+
+        def new_scratch() -> tuple[np.ndarray, ...]:
+            return (
                 np.full(feature_dim, -1, dtype=np.int64),
                 np.zeros(feature_dim, dtype=np.int32),
                 np.zeros(touched_cap, dtype=np.int32),
@@ -383,8 +404,8 @@ class FactorizationMachines:
                 np.zeros(k, dtype=np.float32),
                 np.zeros(2, dtype=np.float64),
             )
-            for _ in range(threads)
-        ]
+
+        scratch: list[tuple[np.ndarray, ...]] = []  # per thread, made when a thread is first used
         hpv = np.zeros(K.N_HP, dtype=np.float64)
         hpv[K.HP_BIAS_LR] = hp["bias_lr"] if hp["use_bias"] else 0.0
         hpv[K.HP_LINEAR_LR] = hp["linear_lr"] if hp["use_linear"] else 0.0
@@ -401,22 +422,27 @@ class FactorizationMachines:
 
         self.history_: list[dict[str, float]] = []
         epochs = hp["epochs"]
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fm") as pool:
+        with ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="fm") as pool:
             for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
                 order = rng.permutation(n_batches).astype(np.int64)
                 step0 = (epoch - 1) * n_batches
+                threads = min(max(1, int(ask())), max_threads)
+                while len(scratch) < threads:
+                    scratch.append(new_scratch())
                 for s in scratch:
                     s[-1][:] = 0.0
-                futures = [
-                    pool.submit(
-                        K.train_batches, indptr, indices, data, ytr, order, batch, t, threads, step0,
-                        P, W, B, hpv, task, *scratch[t],
-                    )
-                    for t in range(threads)
-                ]
-                for future in futures:
-                    future.result()
+                data_args = (indptr, indices, data, ytr, order, batch)
+                model_args = (P, W, B, hpv, task)
+                if threads == 1:  # no hand-over to a pool thread
+                    K.train_batches(*data_args, 0, 1, step0, *model_args, *scratch[0])
+                else:
+                    futures = [
+                        pool.submit(K.train_batches, *data_args, t, threads, step0, *model_args, *scratch[t])
+                        for t in range(threads)
+                    ]
+                    for future in futures:
+                        future.result()
                 trained = time.perf_counter() - started
                 loss = sum(float(s[-1][0]) for s in scratch) / max(n_rows, 1)
                 if not math.isfinite(loss):
@@ -620,7 +646,7 @@ def _fail(opt_ml: Path, error: AlgorithmError) -> None:
 
 
 def run_training_job(
-    opt_ml: Path, *, on_epoch: OnEpoch | None = None, seed: int = 0, n_jobs: int | None = None
+    opt_ml: Path, *, on_epoch: OnEpoch | None = None, seed: int = 0, n_jobs: NJobs = None
 ) -> list[dict[str, Any]]:
     """Run one training job as the built-in container does, in the directory ``opt_ml``.
 
@@ -629,6 +655,7 @@ def run_training_job(
     artifact member) and returns the final metrics as ``[{"MetricName", "Value"}]`` (the test
     channel's when given, else the training ones). On a bad hyperparameter or bad data it writes
     the reason to ``output/failure`` and raises :class:`AlgorithmError` (``str()`` = that reason).
+    ``n_jobs``: the training threads (:data:`NJobs`).
     """
     opt_ml = Path(opt_ml)
     try:

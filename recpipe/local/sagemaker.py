@@ -19,6 +19,13 @@ Algorithms are chosen by image URI: an image whose repository name contains
 ``knn`` runs :func:`recpipe.algorithms.knn.run_training_job` (and ``run_transform`` for batch
 transform). Processing jobs run the request's ``ContainerEntrypoint`` as a subprocess with this
 interpreter, ``/opt/ml`` paths remapped to the job's directory.
+
+Cores: on SageMaker every training job has its instance to itself; here the jobs a Map state starts
+together share this machine's cores. A :class:`CoreShare` counts the training jobs running and
+gives each an equal share (at least one thread); a stand-in whose ``run_training_job`` takes
+``n_jobs`` gets the share as a callable, which the FM stand-in asks before every epoch (so a job
+left alone takes the freed cores back). Oversubscribed Hogwild threads (two jobs each on every
+core) only contend for the cores and the shared model rows.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +71,44 @@ class JobProgress:
 
 
 ProgressCallback = Callable[[JobProgress], None]
+
+
+class CoreShare:
+    """This machine's cores shared equally among the training jobs running at once.
+
+    ``with share.job(): ...`` counts a job as running; :meth:`threads` is then
+    ``max(1, cores // running)``. ``cores`` defaults to the cores this process may run on.
+    """
+
+    def __init__(self, cores: int | None = None) -> None:
+        self.cores = max(1, cores if cores is not None else _available_cores())
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def threads(self) -> int:
+        with self._lock:
+            return max(1, self.cores // max(1, self._running))
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[Callable[[], int]]:
+        with self._lock:
+            self._running += 1
+        try:
+            yield self.threads
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _now_ms() -> int:
@@ -119,12 +164,13 @@ class LocalSageMaker:
     """Handler of ``sagemaker`` Task states (see module docstring).
 
     ``s3`` is a boto3 S3 client (moto's); ``job_root`` receives one directory per job (kept when
-    ``keep_job_dirs``, for inspection); ``on_progress`` receives FM epoch reports.
+    ``keep_job_dirs``, for inspection); ``on_progress`` receives FM epoch reports; ``cores`` is
+    the number of cores the training jobs running at once share (default: this machine's).
     """
 
     def __init__(self, s3: Any, *, job_root: Path | None = None, keep_job_dirs: bool = False,
                  on_progress: ProgressCallback | None = None, region: str = "us-east-1",
-                 account: str = "123456789012") -> None:
+                 account: str = "123456789012", cores: int | None = None) -> None:
         self.s3 = s3
         self.job_root = Path(job_root) if job_root else None
         self.keep_job_dirs = keep_job_dirs
@@ -135,6 +181,7 @@ class LocalSageMaker:
         self.jobs: dict[str, dict[str, Any]] = {}   # name -> Describe* response
         self._lock = threading.Lock()
         self._processes: set[subprocess.Popen[bytes]] = set()
+        self.core_share = CoreShare(cores)
 
     # -- dispatch ----------------------------------------------------------------------------------
 
@@ -378,7 +425,10 @@ class LocalSageMaker:
         root = self._job_dir(name)
         opt_ml = root / "opt_ml"
         try:
-            metrics = self._run_training(name, image, p, hyperparameters, opt_ml)
+            # Counted from before the download, so that jobs started together see each other by the
+            # time they choose their threads.
+            with self.core_share.job() as threads:
+                metrics = self._run_training(name, image, p, hyperparameters, opt_ml, threads)
             model_uri = f"{output_path.rstrip('/')}/{name}/output/model.tar.gz"
             self._upload_model(opt_ml / "model", model_uri)
             describe.update(TrainingJobStatus="Completed", ModelArtifacts={"S3ModelArtifacts": model_uri},
@@ -407,7 +457,7 @@ class LocalSageMaker:
                         "(known: factorization-machines, knn).")
 
     def _run_training(self, name: str, image: str, p: dict[str, Any], hyperparameters: dict[str, str],
-                      opt_ml: Path) -> list[dict[str, Any]]:
+                      opt_ml: Path, threads: Callable[[], int] | None = None) -> list[dict[str, Any]]:
         module_name = self.algorithm_module(image)
         config_dir = opt_ml / "input" / "config"
         config_dir.mkdir(parents=True)
@@ -446,13 +496,14 @@ class LocalSageMaker:
             total = int(hyperparameters.get("epochs", "")) if "epochs" in hyperparameters else None
         except ValueError:
             total = None
-        accepts_progress = "on_epoch" in inspect.signature(module.run_training_job).parameters
-        on_epoch = self._epoch_callback(name, total) if accepts_progress else None
+        accepted = inspect.signature(module.run_training_job).parameters
+        options: dict[str, Any] = {}
+        if "on_epoch" in accepted:
+            options["on_epoch"] = self._epoch_callback(name, total)
+        if "n_jobs" in accepted and threads is not None:
+            options["n_jobs"] = threads
         try:
-            if on_epoch is not None:
-                metrics = module.run_training_job(opt_ml, on_epoch=on_epoch)
-            else:
-                metrics = module.run_training_job(opt_ml)
+            metrics = module.run_training_job(opt_ml, **options)
         except (Exception, SystemExit) as exc:  # a stand-in may sys.exit(1) as a container would
             failure = _read_first(opt_ml / "output" / "failure")
             if failure is None:

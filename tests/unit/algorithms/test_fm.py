@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,27 @@ def test_fixed_seed_is_deterministic_single_threaded_and_close_with_threads() ->
     assert threaded.history_[-1]["test:rmse"] < 0.15 * float(np.std(y))
 
 
+def test_thread_count_callable_is_asked_every_epoch() -> None:
+    """The local engine's core share: the answer may change between epochs (clamped to [1, cores]);
+    a callable that always answers 1 trains exactly as n_jobs=1 does."""
+    X, y = planted(seed=6)
+    answers = iter([1, 2, 0, 64, 1, 2])
+    asked: list[int] = []
+
+    def threads() -> int:
+        asked.append(1)
+        return next(answers)
+
+    model = FactorizationMachines(**{**FAST, "n_jobs": threads}, epochs=6, seed=2)
+    model.fit(X, y, X_test=X, y_test=y)
+    assert len(asked) == 6
+    assert model.history_[-1]["test:rmse"] < model.history_[0]["test:rmse"]
+    one = FactorizationMachines(**{**FAST, "n_jobs": lambda: 1}, epochs=3, seed=2).fit(X, y)
+    sequential = FactorizationMachines(**FAST, epochs=3, seed=2).fit(X, y)
+    np.testing.assert_array_equal(one.V_, sequential.V_)
+    np.testing.assert_array_equal(one.w_, sequential.w_)
+
+
 # --- errors ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("params", "message"),
@@ -263,6 +285,10 @@ def test_fixed_seed_is_deterministic_single_threaded_and_close_with_threads() ->
         ),
         ({"use_bias": "yes"}, r"The 'use_bias' parameter must be 'true' or 'false', got 'yes'\."),
         ({"seed": -1}, r"The 'seed' parameter must be an int >= 0, got -1\."),
+        (
+            {"n_jobs": 0},
+            r"The 'n_jobs' parameter must be None, an int >= 1 or a callable returning one, got 0\.",
+        ),
     ],
 )
 def test_bad_hyperparameters_are_named(params: dict[str, Any], message: str) -> None:
@@ -366,21 +392,9 @@ def _job(
     return opt_ml
 
 
-def test_training_job_reads_strings_and_channels_and_writes_the_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    try:
-        import recpipe.formats.fm_model as fm_model
-    except ImportError:  # the artifact format lands separately; check the rest of the contract
-        fm_model = None
-        written: list[tuple[np.ndarray, np.ndarray, float]] = []
+def test_training_job_reads_strings_and_channels_and_writes_the_model(tmp_path: Path) -> None:
+    from recpipe.formats.fm_model import load_fm_model
 
-        def write_model(model_dir: Path, model: FactorizationMachines, raw: Any) -> None:
-            model_dir.mkdir(parents=True, exist_ok=True)
-            (model_dir / "model_algo-1").write_bytes(b"stub")
-            written.append((model.V_, model.w_, model.b_))
-
-        monkeypatch.setattr("recpipe.algorithms.fm._write_model", write_model)
     X, y = planted(12, 10)
     hp = {
         "feature_dim": str(X.shape[1]),
@@ -398,10 +412,12 @@ def test_training_job_reads_strings_and_channels_and_writes_the_model(
     assert epochs == list(range(1, 31))
     assert [m["MetricName"] for m in metrics] == ["test:rmse"]
     assert metrics[0]["Value"] < 0.5 * float(np.std(y[:30]))
-    member = (opt_ml / "model" / "model_algo-1").read_bytes()
-    assert len(member) > 0 and not (opt_ml / "output" / "failure").exists()
-    if fm_model is None:
-        assert written[0][0].shape == (X.shape[1], 4)
+    assert not (opt_ml / "output" / "failure").exists()
+    artifact = tmp_path / "model.tar.gz"
+    with tarfile.open(artifact, "w:gz") as tar:
+        tar.add(opt_ml / "model" / "model_algo-1", arcname="model_algo-1")
+    V, w, b = load_fm_model(artifact)
+    assert V.shape == (X.shape[1], 4) and w.shape == (X.shape[1],) and math.isfinite(b)
 
 
 @pytest.mark.parametrize(
