@@ -1010,15 +1010,32 @@ class Volume:
     nonzeros: int
 
 
+def training_positives(users: np.ndarray, rows: np.ndarray, in_set: np.ndarray, n_users: int,
+                       recent_fraction: float) -> np.ndarray:
+    """Indices of a set's training positives (``rows`` within ``in_set``; ``users`` in (user, time,
+    item) order), sorted: those among each user's most recent ``ceil(recent_fraction * n_u)``
+    interactions of the set appear twice (``processing.recent_fraction``)."""
+    picked = np.flatnonzero(rows & in_set)
+    if recent_fraction <= 0:
+        return picked
+    counts = np.bincount(users[in_set], minlength=n_users)
+    position = np.cumsum(in_set) - 1
+    u = users[picked]
+    from_end = counts[u] - 1 - (position[picked] - (np.cumsum(counts) - counts)[u])
+    extra = picked[from_end < np.ceil(recent_fraction * counts[u] - _HOLDOUT_SLACK)]
+    return np.sort(np.concatenate([picked, extra]), kind="stable")
+
+
 def fit_budget(users: np.ndarray, items: np.ndarray, rows: np.ndarray, n_users: int, user_nnz: np.ndarray,
                item_nnz: np.ndarray, per_positive: int, rounds: int, context_items: int,
                max_nonzeros: int) -> Volume:
     """Largest (rounds, context length) whose ``full`` set stays within ``max_nonzeros`` non-zeros
     (0 = no bound): rounds go down first (to 1), then the context length (to 0).
 
-    ``users``/``items`` are all interactions in (user, time, item) order, ``rows`` marks those that
-    become training rows (the positives in implicit mode), ``user_nnz``/``item_nnz`` the non-zeros of
-    each user's and item's id + side-feature part. The estimate counts ``per_positive`` negatives per
+    ``users``/``items`` are all interactions in (user, time, item) order, ``rows`` the indices (or
+    mask) of those that become training rows (the positives in implicit mode; a repeated one
+    repeated), ``user_nnz``/``item_nnz`` the non-zeros of each user's and item's id + side-feature
+    part. The estimate counts ``per_positive`` negatives per
     row (fewer when a user runs out of unseen items) and each negative with its positive's context
     length; it is exact for the positives."""
     u, i = users[rows], items[rows]
@@ -1120,7 +1137,11 @@ def run(opt_ml: Path) -> dict[str, Any]:
     dim = item_feat_offset + item_feats.size
     ratings = prep.ratings
     positive = ratings >= threshold if ratings is not None else np.ones(n_inter, dtype=bool)
-    budget = fit_budget(prep.users, prep.items, positive if implicit else np.ones(n_inter, dtype=bool),
+    everything = np.ones(n_inter, dtype=bool)
+    budget = fit_budget(prep.users, prep.items,
+                        training_positives(prep.users, positive, everything, n_users,
+                                           float(conf["processing.recent_fraction"]))
+                        if implicit else np.arange(n_inter),
                         n_users, 1 + np.bincount(user_feats.rows, minlength=n_users),
                         1 + np.bincount(item_feats.rows, minlength=n_items),
                         per_positive if implicit else 0,
@@ -1196,16 +1217,10 @@ def run(opt_ml: Path) -> dict[str, Any]:
                                     + ("; lower the threshold or set evaluation.holdout_fraction to 0"
                                        if name == "test" else ""))
             n_rounds = 1 if name == "test" else n_rounds_train
-            picked = np.flatnonzero(rows_mask)
             set_counts = np.bincount(prep.users[mask], minlength=n_users)
             set_start = np.cumsum(set_counts) - set_counts
-            recent = float(conf["processing.recent_fraction"])
-            if recent > 0 and name != "test":
-                # positives among the user's most recent interactions of the set are written twice
-                u = prep.users[picked]
-                from_end = set_counts[u] - 1 - (position[picked] - set_start[u])
-                extra = picked[from_end < np.ceil(recent * set_counts[u] - _HOLDOUT_SLACK)]
-                picked = np.sort(np.concatenate([picked, extra]), kind="stable")
+            picked = training_positives(prep.users, rows_mask, mask, n_users,
+                                        0.0 if name == "test" else float(conf["processing.recent_fraction"]))
             gap_limit = None
             gap = float(conf["processing.context_gap"])
             if context is not None and gap > 0:

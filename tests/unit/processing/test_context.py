@@ -164,3 +164,26 @@ def test_popularity_negatives_favour_popular_items() -> None:
     assert np.mean(uniform < 5) < 0.25
     assert (popular < 5).all()
     assert 0.6 < np.mean(mixed < 5) < 0.9  # half by popularity + 10 % of the uniform half
+
+
+def test_recent_positives_are_written_twice() -> None:
+    # user 0: 4 interactions (the 3rd not a positive), user 1: 2; the set leaves user 0's last one out
+    users = np.array([0, 0, 0, 0, 1, 1])
+    positive = np.array([True, True, False, True, True, True])
+    in_set = np.array([True, True, True, False, True, True])
+    assert preprocess.training_positives(users, positive, in_set, 2, 0.0).tolist() == [0, 1, 4, 5]
+    # recent half: user 0's last 2 of 3 (indices 1, 2; 2 is no positive), user 1's last 1 of 2
+    assert preprocess.training_positives(users, positive, in_set, 2, 0.5).tolist() == [0, 1, 1, 4, 5, 5]
+
+
+def test_recent_fraction_adds_rows_and_keeps_each_users_negatives(job: Job) -> None:
+    job.write("interactions/i.csv", INTERACTIONS)
+    job.config(**{"evaluation.holdout_fraction": 0.0, "processing.negatives_per_positive": 1,
+                  "processing.context_items": 2, "processing.recent_fraction": 0.4})
+    job.run()
+    # positives 5 + 5 + 2 = 12; recent: ceil(0.4 n_u) = 3, 2, 1 last interactions -> 3 + 2 + 1 more
+    users, _, labels = job.pairs("full")
+    assert (labels == 1).sum() == 18
+    # negatives: one per positive row, capped by the unseen items (2, 3 and 6 of them)
+    assert np.bincount(users[labels == 0], minlength=3).tolist() == [2, 3, 3]
+    assert np.bincount(users[labels == 1], minlength=3).tolist() == [8, 7, 3]
