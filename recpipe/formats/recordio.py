@@ -92,16 +92,18 @@ def _resolve_type(dtype: np.dtype[Any], what: str) -> str:
 
 def _varint_len(x: np.ndarray) -> np.ndarray:
     """Number of bytes of the protobuf varint of each uint64 in ``x`` (int64 array)."""
-    x = np.asarray(x).astype(np.uint64, copy=False)
-    out = np.ones(x.shape, dtype=np.int64)
+    x = np.asarray(x)
     if x.size == 0:
-        return out
+        return np.ones(x.shape, dtype=np.int64)
+    if x.dtype.kind != "i" or int(x.min()) < 0:  # (negative ints: as uint64, 10 bytes)
+        x = x.astype(np.uint64, copy=False)
     top = int(x.max())
+    out = np.ones(x.shape, dtype=np.int8 if top < 1 << 63 else np.int64)
     k = 1
     while k < 10 and top >= (1 << (7 * k)):
-        out += x >= np.uint64(1 << (7 * k))
+        out += x >= x.dtype.type(1 << (7 * k))  # compared in x's own type: no conversion pass
         k += 1
-    return out
+    return out.astype(np.int64, copy=False)
 
 
 def _varint_block(x: np.ndarray, lens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -330,7 +332,9 @@ def _layout(rows: _Rows) -> _Layout:
     keys = None
     kb = np.zeros_like(nnz)
     if rows.keys is not None:
-        keys = rows.keys.astype(np.uint64)
+        keys = rows.keys  # CSR indices: non-negative, written as they are (uint64 if negative)
+        if keys.dtype.kind != "i" or (keys.size and int(keys.min()) < 0):
+            keys = keys.astype(np.uint64)
         kb = _segment_sums(_varint_len(keys), rows.indptr)
         slen = int(_varint_len(np.array([rows.n_cols]))[0])
         tensor = tensor + has * (1 + _varint_len(kb) + kb) + (2 + slen)
@@ -374,13 +378,14 @@ class _Slots:
     def field(self, data: np.ndarray, lens: np.ndarray) -> None:
         """``data``: (n, w) bytes, of which the first ``lens[i]`` of row i are used."""
         width = data.shape[1]
+        full = bool(np.all(lens == width))
 
         def put(block: np.ndarray, mask: np.ndarray | None, col: int) -> None:
             block[:, col : col + width] = data
             if mask is not None:
-                mask[:, col : col + width] = np.arange(width) < lens[:, None]
+                mask[:, col : col + width] = True if full else np.arange(width) < lens[:, None]
 
-        self._add(width, bool(np.all(lens == width)), put)
+        self._add(width, full, put)
 
     def varint(self, x: np.ndarray, present: np.ndarray | None = None) -> None:
         data, lens = _varint_block(x)
@@ -771,8 +776,9 @@ def _encode_compiled(kernel: Any, rows: _Rows) -> np.ndarray:
     )
 
 
-_CHUNK_ROWS = 1 << 16
-_CHUNK_VALUES = 1 << 20
+# Rows per chunk: the chunk's slot matrix (~200 bytes a row for FM rows) stays in cache.
+_CHUNK_ROWS = 1 << 13
+_CHUNK_VALUES = 1 << 17
 
 
 def _chunks(indptr: np.ndarray) -> Iterable[tuple[int, int]]:
