@@ -1090,6 +1090,9 @@ def _segments(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarr
     return buf.take(idx)
 
 
+_LOW_BYTES = np.array([0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF], np.uint32)  # the first n bytes of a word
+
+
 def _decode_varint_stream(stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint64 values of a concatenation of complete varints and the index of each one's last byte."""
     ends = np.flatnonzero(stream < 0x80)
@@ -1102,6 +1105,15 @@ def _decode_varint_stream(stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     longest = int(lens.max())
     if longest > 10:
         raise ValueError("varint longer than 10 bytes")
+    if longest <= 4:  # (keys below 2**28) one unaligned 4-byte load per varint, 7 bits per byte
+        padded = np.concatenate([stream, np.zeros(3, np.uint8)])
+        words = np.ndarray((stream.size,), "<u4", padded, strides=(1,))[starts]
+        words &= _LOW_BYTES[lens]
+        low: Any = np.uint32(0x7F)
+        out = words & low
+        for j in range(1, longest):
+            out |= (words >> np.uint32(j)) & (low << np.uint32(7 * j))
+        return out.astype(np.uint64), ends
     values = (stream[starts] & 0x7F).astype(np.uint64)
     for j in range(1, longest):
         byte = (stream[np.minimum(starts + j, stream.size - 1)] & 0x7F).astype(np.uint64)
