@@ -117,17 +117,20 @@ def main() -> None:
     dumps_speedup = meter.rate("read_dumps") / meter.rate("json_read_dumps")
     write_speedup = meter.rate("write") / meter.rate("json_write")
     print(
-        f"lines={n} k={k}: our text {len(ours_text) / n:,.0f} B/line, json.dumps text {len(dumps_text) / n:,.0f}"
+        f"lines={n} k={k}: our text {len(ours_text) / n:,.0f} B/line, "
+        f"json.dumps text {len(dumps_text) / n:,.0f}"
     )
     print(
-        f"read (our text):        ours {meter.rate('read'):,.0f} lines/s, json.loads {meter.rate('json_read'):,.0f}"
+        f"read (our text):        ours {meter.rate('read'):,.0f} lines/s, "
+        f"json.loads {meter.rate('json_read'):,.0f}"
     )
     print(
         f"read (json.dumps text): ours {meter.rate('read_dumps'):,.0f} lines/s, "
         f"json.loads {meter.rate('json_read_dumps'):,.0f}"
     )
     print(
-        f"write:                  ours {meter.rate('write'):,.0f} lines/s, json.dumps {meter.rate('json_write'):,.0f}"
+        f"write:                  ours {meter.rate('write'):,.0f} lines/s, "
+        f"json.dumps {meter.rate('json_write'):,.0f}"
     )
     print(f"both texts read back exactly: {exact}")
     print(
