@@ -294,15 +294,16 @@ def write_verbose_jsonlines(
 # --------------------------------------------------------------------------------------------------
 # reader
 
-# Byte classes. Number tokens are runs of digits, "marks" (sign, point, exponent) and the letters
-# of NaN/Infinity; the keys' own letters are blanked before tokens are looked for.
-_DIGIT, _MARK, _LETTER, _COMMA, _WS, _QUOTE, _LBRACKET, _RBRACKET, _LBRACE, _RBRACE, _COLON, _NL, _OTHER = (
-    range(13)
-)
+# Byte classes. Number tokens are runs of digits, points, exponent marks, signs and the letters of
+# NaN/Infinity; the keys' own letters are blanked before tokens are looked for.
+(_DIGIT, _POINT, _EXP, _SIGN, _LETTER, _COMMA, _WS, _QUOTE, _LBRACKET, _RBRACKET, _LBRACE, _RBRACE, _COLON,
+ _NL, _OTHER) = range(15)  # fmt: skip
 _NUM = _LETTER  # a number token in a line's symbol sequence (any class <= _LETTER)
 _CLASS = np.full(256, _OTHER, np.uint8)
 _CLASS[list(b"aNInfity")] = _LETTER
-_CLASS[list(b"+-.eE")] = _MARK
+_CLASS[list(b"eE")] = _EXP
+_CLASS[list(b"+-")] = _SIGN
+_CLASS[ord(".")] = _POINT
 _CLASS[list(b"0123456789")] = _DIGIT
 for _byte, _cls in {
     b",": _COMMA,
@@ -345,7 +346,8 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     """Lines in the regular layout (``block`` ends with a newline) -> (neighbours per line, labels,
     distances) as flat arrays, line after line; None when any line is not in that layout."""
     raw = np.frombuffer(block, np.uint8)
-    cls = np.frombuffer(block.translate(_CLASS_TABLE), np.uint8)  # (translate: faster than a take)
+    classes = block.translate(_CLASS_TABLE)  # (translate: faster than a take)
+    cls = np.frombuffer(classes, np.uint8)
     newlines = np.flatnonzero(cls == _NL)
     n = newlines.size
     quote_at = np.flatnonzero(cls == _QUOTE)
@@ -389,7 +391,7 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
 
     total = n + 2 * int(k.sum())
     number_at = np.flatnonzero(seq == _NUM)  # a newline symbol follows every line's last number
-    numbers = _parse_decimals(raw, cls, is_num, symbol_at[number_at], symbol_at[number_at + 1])
+    numbers = _parse_decimals(raw, classes, is_num, symbol_at[number_at], symbol_at[number_at + 1])
     if numbers is None:  # NaN, Infinity, long mantissas...: numpy's own parser
         starts = symbol_at[number_at]
         lead = raw[starts]
@@ -461,7 +463,7 @@ def _digits_value(words: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> n
 
 
 def _parse_decimals(
-    raw: np.ndarray, cls: np.ndarray, is_num: np.ndarray, starts: np.ndarray, next_symbol: np.ndarray
+    raw: np.ndarray, classes: bytearray, is_num: np.ndarray, starts: np.ndarray, next_symbol: np.ndarray
 ) -> np.ndarray | None:
     """Values of the number tokens starting at ``starts``, all JSON decimals (``-12.5``, ``3``,
     ``1.25e-3``) of at most 19 significant digits; None when any token has another form.
@@ -476,8 +478,9 @@ def _parse_decimals(
     count = starts.size
     if count == 0:
         return np.zeros(0)
-    if np.any(cls == _LETTER):
+    if classes.count(_LETTER.to_bytes()):
         return None
+    cls = np.frombuffer(classes, np.uint8)
     ends = next_symbol
     if not np.all(is_num[ends - 1]):
         ends = np.flatnonzero(is_num[:-1] & ~is_num[1:]) + 1
@@ -487,43 +490,40 @@ def _parse_decimals(
     first = starts + neg
     if not np.all(cls[first] == _DIGIT):
         return None
-    marks = np.flatnonzero(cls == _MARK)
-    marks = marks[is_num[marks - 1]]  # leading signs are in ``neg``
-    chars = raw[marks]
-    is_point = chars == ord(".")
-    is_exp = (chars | 0x20) == ord("e")
 
     # The point follows the first digit (1.25, 0.5, 2.5e-3) or precedes the last (123.0); else search.
     after_first = raw[first + 1] == ord(".")
     before_last = (raw[ends - 2] == ord(".")) & (ends - 2 > first)
     has_point = after_first | before_last
     point = np.where(after_first, first + 1, ends - 2)
-    if np.count_nonzero(has_point) != np.count_nonzero(is_point):
-        point_tokens = np.searchsorted(starts, marks[is_point], side="right") - 1
+    if np.count_nonzero(has_point) != classes.count(_POINT.to_bytes()):
+        points = np.flatnonzero(cls == _POINT)
+        point_tokens = np.searchsorted(starts, points, side="right") - 1
         if np.any(np.diff(point_tokens) == 0):
             return None  # two points in a number
         has_point = np.zeros(count, bool)
         has_point[point_tokens] = True
-        point[point_tokens] = marks[is_point]
+        point[point_tokens] = points
     # The exponent ("e5", "e-5", "e+12", "e-123") ends the number; else search.
-    n_exp = int(np.count_nonzero(is_exp))
+    n_exp = classes.count(_EXP.to_bytes())
     mant_end = ends.copy()
     has_exp = np.zeros(count, bool)
     if n_exp:
         for back in (2, 3, 4, 5):
             at = ends - back
-            hit = ~has_exp & (at > first) & ((raw[at] | 0x20) == ord("e"))
+            hit = ~has_exp & (at > first) & (cls[at] == _EXP)
             has_exp |= hit
             np.copyto(mant_end, at, where=hit)
         if np.count_nonzero(has_exp) != n_exp:
-            exp_tokens = np.searchsorted(starts, marks[is_exp], side="right") - 1
+            exps = np.flatnonzero(cls == _EXP)
+            exp_tokens = np.searchsorted(starts, exps, side="right") - 1
             if np.any(np.diff(exp_tokens) == 0):
                 return None  # two exponents in a number
             has_exp[:] = False
             has_exp[exp_tokens] = True
-            mant_end[exp_tokens] = marks[is_exp]
+            mant_end[exp_tokens] = exps
     exp_sign = np.zeros(count, np.int64)
-    n_signs = marks.size - int(np.count_nonzero(is_point)) - n_exp
+    n_signs = classes.count(_SIGN.to_bytes()) - int(np.count_nonzero(neg))  # other than leading ones
     if n_signs:
         sign = raw[np.minimum(mant_end + 1, raw.size - 1)]
         signed = has_exp & ((sign == ord("-")) | (sign == ord("+")))
