@@ -103,12 +103,12 @@ PARAMS: tuple[Param, ...] = (
        "Implicit mode: the positives are written this many times, each time with freshly sampled "
        "negatives (the built-in FM cannot resample per epoch); fm.epochs passes over all rounds.",
        min=1, max=100),
-    _P("processing.context_items", int, 30,
+    _P("processing.context_items", int, 50,
        "Sequence context: every row's user part also holds the user's N interactions just before it "
        "(any rating; the j-th most recent weighted context_decay**j, the block scaled by 1/sqrt(sum "
        "of weights)); a user's scoring row holds the N most recent. 0 = user id and side features only.",
        min=0, max=1000),
-    _P("processing.context_decay", float, 0.9, "Weight decay per step back in the sequence context.",
+    _P("processing.context_decay", float, 0.95, "Weight decay per step back in the sequence context.",
        min=0.0, max=1.0),
     _P("processing.context_split_ratings", bool, False,
        "Sequence context: non-positive interactions (rating below positive_threshold) get a block of "
@@ -122,7 +122,7 @@ PARAMS: tuple[Param, ...] = (
        "Implicit mode: positives among the most recent recent_fraction of each user's interactions "
        "are written twice per round (with their own negatives), weighting recent taste; 0 = off.",
        min=0.0, max=1.0),
-    _P("processing.negative_popularity", float, 0.0,
+    _P("processing.negative_popularity", float, 0.25,
        "Implicit mode: share of negatives drawn in proportion to item popularity (interaction counts) "
        "instead of uniformly; 0 = uniform.", min=0.0, max=1.0),
     _P("processing.max_nonzeros", int, 500_000_000,
