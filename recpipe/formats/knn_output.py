@@ -391,7 +391,14 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
 
     total = n + 2 * int(k.sum())
     number_at = np.flatnonzero(seq == _NUM)  # a newline symbol follows every line's last number
-    numbers = _parse_decimals(raw, classes, is_num, symbol_at[number_at], symbol_at[number_at + 1])
+    starts, following = symbol_at[number_at], symbol_at[number_at + 1]
+    padded = np.concatenate([np.zeros(_PAD, np.uint8), raw])
+    words = np.ndarray((padded.size - 7,), "<u8", padded, strides=(1,))
+    fields = _field_tokens(k, order)
+    split = _parse_split(raw, classes, is_num, words, starts, following, fields)
+    if split is not None:
+        return k, split[0], split[1]
+    numbers = _parse_decimals(raw, classes, is_num, words, starts, following)
     if numbers is None:  # NaN, Infinity, long mantissas...: numpy's own parser
         starts = symbol_at[number_at]
         lead = raw[starts]
@@ -463,12 +470,21 @@ def _digits_value(words: np.ndarray, end: np.ndarray, n_digits: np.ndarray) -> n
 
 
 def _parse_decimals(
-    raw: np.ndarray, classes: bytearray, is_num: np.ndarray, starts: np.ndarray, next_symbol: np.ndarray
+    raw: np.ndarray,
+    classes: bytearray,
+    is_num: np.ndarray,
+    words: np.ndarray,
+    starts: np.ndarray,
+    next_symbol: np.ndarray,
+    reserved: tuple[int, int] | None = None,
 ) -> np.ndarray | None:
     """Values of the number tokens starting at ``starts``, all JSON decimals (``-12.5``, ``3``,
     ``1.25e-3``) of at most 19 significant digits; None when any token has another form.
 
-    ``next_symbol``: where the symbol after each token starts (its end, unless whitespace follows).
+    ``next_symbol``: where the symbol after each token starts (its end, unless whitespace follows);
+    ``words``: the overlapping uint64 view of ``_digits_value``. ``reserved``: (points, signs) of
+    the block that belong to tokens read elsewhere; then ``starts`` may be any subset of the
+    tokens, in any order, and nothing is searched for (None when the quick checks do not hold).
     The digits before and after the point are read as integers, 8 at a time with integer
     arithmetic on right-aligned 8-byte words; the value is then one float operation away (mantissa
     times or over an exact power of ten), as in strtod's fast path: exact for mantissas below
@@ -478,11 +494,13 @@ def _parse_decimals(
     count = starts.size
     if count == 0:
         return np.zeros(0)
-    if classes.count(_LETTER.to_bytes()):
-        return None
     cls = np.frombuffer(classes, np.uint8)
+    if np.count_nonzero(cls == _LETTER):
+        return None
     ends = next_symbol
     if not np.all(is_num[ends - 1]):
+        if reserved is not None:
+            return None
         ends = np.flatnonzero(is_num[:-1] & ~is_num[1:]) + 1
         if ends.size != count:
             return None
@@ -490,13 +508,16 @@ def _parse_decimals(
     first = starts + neg
     if not np.all(cls[first] == _DIGIT):
         return None
+    other_points, other_signs = reserved or (0, 0)
 
     # The point follows the first digit (1.25, 0.5, 2.5e-3) or precedes the last (123.0); else search.
     after_first = raw[first + 1] == ord(".")
     before_last = (raw[ends - 2] == ord(".")) & (ends - 2 > first)
     has_point = after_first | before_last
     point = np.where(after_first, first + 1, ends - 2)
-    if np.count_nonzero(has_point) != classes.count(_POINT.to_bytes()):
+    if np.count_nonzero(has_point) != np.count_nonzero(cls == _POINT) - other_points:
+        if reserved is not None:
+            return None
         points = np.flatnonzero(cls == _POINT)
         point_tokens = np.searchsorted(starts, points, side="right") - 1
         if np.any(np.diff(point_tokens) == 0):
@@ -505,7 +526,7 @@ def _parse_decimals(
         has_point[point_tokens] = True
         point[point_tokens] = points
     # The exponent ("e5", "e-5", "e+12", "e-123") ends the number; else search.
-    n_exp = classes.count(_EXP.to_bytes())
+    n_exp = np.count_nonzero(cls == _EXP)
     mant_end = ends.copy()
     has_exp = np.zeros(count, bool)
     if n_exp:
@@ -515,6 +536,8 @@ def _parse_decimals(
             has_exp |= hit
             np.copyto(mant_end, at, where=hit)
         if np.count_nonzero(has_exp) != n_exp:
+            if reserved is not None:
+                return None
             exps = np.flatnonzero(cls == _EXP)
             exp_tokens = np.searchsorted(starts, exps, side="right") - 1
             if np.any(np.diff(exp_tokens) == 0):
@@ -523,7 +546,7 @@ def _parse_decimals(
             has_exp[exp_tokens] = True
             mant_end[exp_tokens] = exps
     exp_sign = np.zeros(count, np.int64)
-    n_signs = classes.count(_SIGN.to_bytes()) - int(np.count_nonzero(neg))  # other than leading ones
+    n_signs = np.count_nonzero(cls == _SIGN) - int(np.count_nonzero(neg)) - other_signs  # not leading
     if n_signs:
         sign = raw[np.minimum(mant_end + 1, raw.size - 1)]
         signed = has_exp & ((sign == ord("-")) | (sign == ord("+")))
@@ -542,8 +565,6 @@ def _parse_decimals(
 
     # One integer per token; most need one word of digit arithmetic at most: labels "123.0" (the
     # fraction is a lone 0), distances "1.2345679e-3" (the integer part is one digit).
-    padded = np.concatenate([np.zeros(_PAD, np.uint8), raw])
-    words = np.ndarray((padded.size - 7,), "<u8", padded, strides=(1,))
     mantissa = (raw[first] - np.uint8(ord("0"))).astype(np.uint64)
     longer = np.flatnonzero(int_digits > 1)
     if longer.size:
@@ -553,7 +574,12 @@ def _parse_decimals(
         mantissa[longer] = value
     mantissa *= _POW10_INT[np.minimum(frac_digits, 19)]  # (larger: only "0." numbers, times 0)
     fraction = np.flatnonzero((frac_digits > 1) | ((frac_digits == 1) & (raw[mant_end - 1] != ord("0"))))
-    if fraction.size:
+    if fraction.size == count:  # (no gathers when every number has fraction digits)
+        value = _digits_value(words, mant_end, frac_digits)
+        if value is None:
+            return None
+        mantissa += value
+    elif fraction.size:
         value = _digits_value(words, mant_end[fraction], frac_digits[fraction])
         if value is None:
             return None
@@ -580,6 +606,68 @@ def _parse_decimals(
         values = values * np.power(10.0, scale)
     np.negative(values, out=values, where=neg)
     return values
+
+
+def _field_tokens(k: np.ndarray, order: list[str]) -> dict[str, np.ndarray]:
+    """Indices (among the block's numbers, line after line) of each field's numbers."""
+    width = 1 + 2 * k
+    line_start = np.cumsum(width) - width
+    start = {}
+    offset = np.zeros_like(k)
+    for field in order:
+        start[field] = line_start + offset
+        offset = offset + (1 if field == "predicted" else k)
+    if np.all(k == k[0]):
+        size = int(k[0])
+        out = {"predicted": start["predicted"]}
+        for field in ("labels", "distances"):
+            out[field] = (start[field][:, None] + np.arange(size)).reshape(-1)
+        return out
+    within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+    return {
+        "predicted": start["predicted"],
+        "labels": np.repeat(start["labels"], k) + within,
+        "distances": np.repeat(start["distances"], k) + within,
+    }
+
+
+def _parse_split(
+    raw: np.ndarray,
+    classes: bytearray,
+    is_num: np.ndarray,
+    words: np.ndarray,
+    starts: np.ndarray,
+    following: np.ndarray,
+    fields: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, distances) when every label is written ``123.0`` (the service's and our writer's
+    spelling): labels are then read as integers only, the rest as decimals. None otherwise."""
+    at, ends = starts[fields["labels"]], following[fields["labels"]]
+    if not np.all(is_num[ends - 1]):
+        return None
+    neg = raw[at] == ord("-")
+    first = at + neg
+    digits = ends - 2 - first
+    cls = np.frombuffer(classes, np.uint8)
+    if at.size and not (
+        np.all(raw[ends - 2] == ord("."))
+        & np.all(raw[ends - 1] == ord("0"))
+        & np.all(cls[first] == _DIGIT)
+        & (int(digits.min()) >= 1)
+        & (int(digits.max()) <= 18)
+    ):
+        return None
+    value = _digits_value(words, ends - 2, digits)
+    assert value is not None  # at most 18 digits
+    labels = value.astype(np.int64)
+    np.negative(labels, out=labels, where=neg)
+    rest = np.concatenate([fields["predicted"], fields["distances"]])
+    numbers = _parse_decimals(
+        raw, classes, is_num, words, starts[rest], following[rest], (at.size, int(np.count_nonzero(neg)))
+    )
+    if numbers is None:
+        return None
+    return labels, numbers[fields["predicted"].size :].astype(np.float32)
 
 
 def _symbols_match(seq: np.ndarray, per_line: np.ndarray, list_len: np.ndarray, order: list[str]) -> bool:
