@@ -47,6 +47,7 @@ N_HP = 11
 # by the latency of random row reads, which prefetching a few samples ahead overlaps.
 _PREFETCH_AHEAD = 6
 _FLOATS_PER_LINE = 16
+_GATHER_AHEAD = 16
 
 
 @intrinsic
@@ -89,12 +90,14 @@ def train_batches(
     B: np.ndarray,  # float32 (3,)
     hp: np.ndarray,  # float64 (N_HP,)
     task: int,
+    prefetch: bool,  # hint the rows ahead into the cache (worth it once the model outgrows it)
     mark: np.ndarray,  # int64 (n_features): last step that touched the feature (thread-private)
-    slot: np.ndarray,  # int32 (n_features): its row in the gradient buffers (thread-private)
-    touched: np.ndarray,  # int32 (max touched per batch)
-    gV: np.ndarray,  # float32 (max touched per batch, k)
-    gw: np.ndarray,  # float32 (max touched per batch)
-    q: np.ndarray,  # float32 (k)
+    touched: np.ndarray,  # int32 (max touched per batch): the features the batch touches
+    G: np.ndarray,  # float32 (n_features, k): sum of g*x*q per feature, zero between batches
+    gw: np.ndarray,  # float32 (n_features): sum of g*x per feature, zero between batches
+    gx2: np.ndarray,  # float32 (n_features): sum of g*x^2 per feature, zero between batches
+    q: np.ndarray,  # float32 (k): the row's sum of V_j x_j
+    sq: np.ndarray,  # float32 (k): the row's sum of (V_j x_j)^2
     stats: np.ndarray,  # float64 (2,): sum of training loss, rows seen (accumulated)
 ) -> None:
     n_rows = y.shape[0]
@@ -123,31 +126,49 @@ def train_batches(
         nu = 0
         gb = np.float32(0.0)
         for r in range(start, end):
-            ahead = r + _PREFETCH_AHEAD
-            if ahead < end:
+            if prefetch and r + _PREFETCH_AHEAD < end:
+                ahead = r + _PREFETCH_AHEAD
                 for jj in range(indptr[ahead], indptr[ahead + 1]):
                     j = indices[jj]
                     _prefetch(W, j * 3)
                     for f in range(0, k, _FLOATS_PER_LINE):
                         _prefetch(P, j * row + f)
+                        _prefetch(G, j * k + f)
             a = indptr[r]
             e = indptr[r + 1]
+            # Forward. q and sq live in memory (numba keeps no array in registers), so each
+            # feature's pass would wait on the previous one's stores: four features per pass
+            # quarter that chain.
             score = B[0]
             for f in range(k):
                 q[f] = 0.0
-            s2 = np.float32(0.0)
+                sq[f] = 0.0
             for jj in range(a, e):
-                j = indices[jj]
-                x = data[jj]
-                score += W[j, 0] * x
+                score += W[indices[jj], 0] * data[jj]
+            jj = a
+            while jj + 3 < e:
+                j1, j2, j3, j4 = indices[jj], indices[jj + 1], indices[jj + 2], indices[jj + 3]
+                x1, x2, x3, x4 = data[jj], data[jj + 1], data[jj + 2], data[jj + 3]
                 for f in range(k):
-                    vx = P[j, 0, f] * x
-                    q[f] += vx
-                    s2 += vx * vx
-            qq = np.float32(0.0)
+                    v1 = P[j1, 0, f] * x1
+                    v2 = P[j2, 0, f] * x2
+                    v3 = P[j3, 0, f] * x3
+                    v4 = P[j4, 0, f] * x4
+                    q[f] += (v1 + v2) + (v3 + v4)
+                    sq[f] += (v1 * v1 + v2 * v2) + (v3 * v3 + v4 * v4)
+                jj += 4
+            while jj < e:
+                j1 = indices[jj]
+                x1 = data[jj]
+                for f in range(k):
+                    v1 = P[j1, 0, f] * x1
+                    q[f] += v1
+                    sq[f] += v1 * v1
+                jj += 1
+            pair = np.float32(0.0)
             for f in range(k):
-                qq += q[f] * q[f]
-            score += np.float32(0.5) * (qq - s2)
+                pair += q[f] * q[f] - sq[f]
+            score += np.float32(0.5) * pair
             label = y[r]
             if task == REGRESSOR:
                 g = score - label
@@ -163,33 +184,34 @@ def train_batches(
                 g = np.float32(prob - label)
             g = g * resc32
             gb += g
+            # Backward: dscore/dV_j = x_j (q - V_j x_j). The V_j x_j^2 part is kept as one scalar
+            # per feature and applied in the update (V does not change within a minibatch), so
+            # each non-zero adds g x_j q to its feature's row: no read of V here.
             for jj in range(a, e):
                 j = indices[jj]
                 x = data[jj]
                 if mark[j] != t:
                     mark[j] = t
-                    slot[j] = nu
                     touched[nu] = j
-                    gw[nu] = 0.0
-                    for f in range(k):
-                        gV[nu, f] = 0.0
                     nu += 1
-                u = slot[j]
                 gx = g * x
-                gw[u] += gx
+                gw[j] += gx
+                gx2[j] += gx * x
                 for f in range(k):
-                    gV[u, f] += gx * (q[f] - P[j, 0, f] * x)
+                    G[j, f] += gx * q[f]
         seen += end - start
         corr = math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
         step_v = np.float32(lr_v * corr)
         step_w = lr_w * corr
+        # The update of every touched row, leaving its gradient buffers zero for the next batch.
         for u in range(nu):
-            if u + _PREFETCH_AHEAD < nu:
+            if prefetch and u + _PREFETCH_AHEAD < nu:
                 ja = touched[u + _PREFETCH_AHEAD]
                 for f in range(k, row, _FLOATS_PER_LINE):  # the moments; the factors are still cached
                     _prefetch(P, ja * row + f)
             j = touched[u]
-            gj = gw[u] + wd_w * W[j, 0]
+            gj = gw[j] + wd_w * W[j, 0]
+            gw[j] = 0.0
             if do_clip:
                 gj = min(max(gj, -clip), clip)
             mj = beta1 * W[j, 1] + (1.0 - beta1) * gj
@@ -197,15 +219,27 @@ def train_batches(
             W[j, 1] = mj
             W[j, 2] = vj
             W[j, 0] -= step_w * mj / (math.sqrt(vj) + eps)
-            for f in range(k):
-                gf = gV[u, f] + wdv32 * P[j, 0, f]
-                if do_clip:
+            shrink = wdv32 - gx2[j]  # gradient = G_j - (sum g x^2) V_j + wd V_j
+            gx2[j] = 0.0
+            if do_clip:
+                for f in range(k):
+                    gf = G[j, f] + shrink * P[j, 0, f]
+                    G[j, f] = 0.0
                     gf = min(max(gf, -clip32), clip32)
-                mf = b1 * P[j, 1, f] + ob1 * gf
-                vf = b2 * P[j, 2, f] + ob2 * gf * gf
-                P[j, 1, f] = mf
-                P[j, 2, f] = vf
-                P[j, 0, f] -= step_v * mf / (np.sqrt(vf) + eps32)
+                    mf = b1 * P[j, 1, f] + ob1 * gf
+                    vf = b2 * P[j, 2, f] + ob2 * gf * gf
+                    P[j, 1, f] = mf
+                    P[j, 2, f] = vf
+                    P[j, 0, f] -= step_v * mf / (np.sqrt(vf) + eps32)
+            else:
+                for f in range(k):
+                    gf = G[j, f] + shrink * P[j, 0, f]
+                    G[j, f] = 0.0
+                    mf = b1 * P[j, 1, f] + ob1 * gf
+                    vf = b2 * P[j, 2, f] + ob2 * gf * gf
+                    P[j, 1, f] = mf
+                    P[j, 2, f] = vf
+                    P[j, 0, f] -= step_v * mf / (np.sqrt(vf) + eps32)
         gbias = gb + wd_b * B[0]
         if do_clip:
             gbias = min(max(gbias, -clip), clip)
@@ -268,6 +302,13 @@ def gather_rows(
     out_data = np.empty(out_indptr[n], dtype=np.float32)
     out_y = np.empty(n, dtype=np.float32)
     for i in range(n):
+        if i + _GATHER_AHEAD < n:  # the source rows are scattered: ask for them early
+            ra = indptr[perm[i + _GATHER_AHEAD]]
+            _prefetch(indices, ra)
+            _prefetch(data, ra)
+            if indptr[perm[i + _GATHER_AHEAD] + 1] - ra > _FLOATS_PER_LINE:
+                _prefetch(indices, ra + _FLOATS_PER_LINE)
+                _prefetch(data, ra + _FLOATS_PER_LINE)
         r = perm[i]
         o = out_indptr[i]
         for jj in range(indptr[r], indptr[r + 1]):

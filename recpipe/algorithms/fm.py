@@ -62,6 +62,7 @@ OnEpoch = Callable[[int, int, dict[str, float]], None]
 NJobs = int | Callable[[], int] | None
 
 _INT_MAX = 2**31 - 1
+_PREFETCH_ABOVE_BYTES = int(os.environ.get("RECPIPE_FM_PREFETCH_ABOVE", 16 << 20))
 _ADAM_BETA1 = 0.9
 _ADAM_BETA2 = 0.999
 
@@ -396,13 +397,14 @@ class FactorizationMachines:
 
         def new_scratch() -> tuple[np.ndarray, ...]:
             return (
-                np.full(feature_dim, -1, dtype=np.int64),
-                np.zeros(feature_dim, dtype=np.int32),
-                np.zeros(touched_cap, dtype=np.int32),
-                np.zeros((touched_cap, k), dtype=np.float32),
-                np.zeros(touched_cap, dtype=np.float32),
-                np.zeros(k, dtype=np.float32),
-                np.zeros(2, dtype=np.float64),
+                np.full(feature_dim, -1, dtype=np.int64),  # mark
+                np.zeros(touched_cap, dtype=np.int32),  # touched
+                np.zeros((feature_dim, k), dtype=np.float32),  # G
+                np.zeros(feature_dim, dtype=np.float32),  # gw
+                np.zeros(feature_dim, dtype=np.float32),  # gx2
+                np.zeros(k, dtype=np.float32),  # q
+                np.zeros(k, dtype=np.float32),  # sq
+                np.zeros(2, dtype=np.float64),  # stats
             )
 
         scratch: list[tuple[np.ndarray, ...]] = []  # per thread, made when a thread is first used
@@ -419,6 +421,9 @@ class FactorizationMachines:
         hpv[K.HP_RESCALE] = hp["rescale_grad"] if hp["rescale_grad"] is not None else 1.0 / batch
         hpv[K.HP_CLIP] = hp["clip_gradient"] if hp["clip_gradient"] is not None else -1.0
         task = K.BINARY_CLASSIFIER if binary else K.REGRESSOR
+        # Software prefetching pays once the rows a thread works on (model, moments and its gradient
+        # buffer) no longer fit in the caches; below that it only costs instructions.
+        prefetch = bool(P.nbytes + feature_dim * k * 4 > _PREFETCH_ABOVE_BYTES)
 
         self.history_: list[dict[str, float]] = []
         epochs = hp["epochs"]
@@ -433,7 +438,7 @@ class FactorizationMachines:
                 for s in scratch:
                     s[-1][:] = 0.0
                 data_args = (indptr, indices, data, ytr, order, batch)
-                model_args = (P, W, B, hpv, task)
+                model_args = (P, W, B, hpv, task, prefetch)
                 if threads == 1:  # no hand-over to a pool thread
                     K.train_batches(*data_args, 0, 1, step0, *model_args, *scratch[0])
                 else:
