@@ -12,14 +12,20 @@ Both directions work on blocks of lines with array operations (numpy only: the r
 the publish Lambda):
 
 - ``write_verbose_jsonlines`` formats every number of a block at once into fixed-width byte slots
-  (integral labels as ``123.0``; distances with 9 significant digits, ``1.25e-3``, enough for every
-  float32 to read back exactly; ``NaN``/``Infinity`` spelt as ``json.dumps`` does) and drops the
-  unused slot bytes with one boolean compaction.
-- ``read_verbose_jsonlines`` checks a block's structure with array operations (every line must
-  be the object above, keys in that order, any JSON whitespace), then parses all its numbers with
-  one ``np.fromstring`` call. A block that is not in that layout (other key order, extra keys,
-  malformed lines) is parsed line by line with ``json.loads``, which is also where malformed lines
-  are reported with their 1-based line number.
+  (integral labels as ``123.0``; distances with 9 significant digits, trailing zeros dropped,
+  ``0.125`` / ``0.00031`` / ``1.25e-7``: enough for every float32 to read back exactly; ``NaN`` and
+  ``Infinity`` spelt as ``json.dumps`` does) and drops the unused slot bytes with one boolean
+  compaction.
+- ``read_verbose_jsonlines`` checks a block's structure with array operations: every line must be
+  the object above (keys in any order, the same on every line of the block; any JSON whitespace).
+  Then it reads all the block's numbers at once: digits are combined 8 at a time with integer
+  arithmetic on unaligned 8-byte loads and scaled by exact powers of ten (strtod's fast path);
+  labels spelt ``123.0`` are read as integers directly. Numbers of other forms (``NaN``, more than
+  19 significant digits) go through one ``np.fromstring`` call for the block. A block that is not
+  in the layout (extra keys, mixed key orders, malformed lines) is parsed line by line with
+  ``json.loads``, which is also where malformed lines are reported with their 1-based line number.
+  The fast path is a little more lenient than JSON about number spelling (``01`` and ``1.`` are
+  read the obvious way); anything else json.loads rejects, it rejects too.
 
 ``read_verbose_jsonlines`` returns dense ``(n, k)`` arrays; rows with fewer than ``k`` neighbours
 (k = the longest row) are padded with label ``-1`` and distance ``nan``.
@@ -400,7 +406,6 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
         return k, split[0], split[1]
     numbers = _parse_decimals(raw, classes, is_num, words, starts, following)
     if numbers is None:  # NaN, Infinity, long mantissas...: numpy's own parser
-        starts = symbol_at[number_at]
         lead = raw[starts]
         after = raw[np.minimum(starts + 1, raw.size - 1)]
         if not np.all(
@@ -419,7 +424,7 @@ def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
             return None
     if numbers.size != total:
         return None
-    return _split_numbers(numbers, k, order)
+    return _split_numbers(numbers, k, fields)
 
 
 _POW10_EXACT = 10.0 ** np.arange(23)  # exact doubles
@@ -708,32 +713,16 @@ def _line_symbols(list_len: int, order: list[str]) -> np.ndarray:
 
 
 def _split_numbers(
-    numbers: np.ndarray, k: np.ndarray, order: list[str]
+    numbers: np.ndarray, k: np.ndarray, fields: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Numbers of each line (its fields in ``order``: 1 or k numbers each) -> (k, labels,
-    distances), or None when a label is not an integer."""
-    width = 1 + 2 * k
-    line_start = np.cumsum(width) - width
-    start = {}
-    offset = np.zeros_like(k)
-    for field in order:
-        start[field] = line_start + offset
-        offset = offset + (1 if field == "predicted" else k)
-    if np.all(k == k[0]):
-        rows = numbers.reshape(k.size, 1 + 2 * int(k[0]))
-        at, size = int(start["labels"][0]), int(k[0])  # columns of the first line = of every line
-        label_values = rows[:, at : at + size].reshape(-1)
-        at = int(start["distances"][0])
-        distances = rows[:, at : at + size].reshape(-1)
-    else:
-        within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
-        label_values = numbers[np.repeat(start["labels"], k) + within]
-        distances = numbers[np.repeat(start["distances"], k) + within]
+    """All numbers of a block (see ``_field_tokens``) -> (k, labels, distances), or None when a
+    label is not an integer."""
+    label_values = numbers[fields["labels"]]
     with np.errstate(invalid="ignore"):
         labels = label_values.astype(np.int64)
     if not np.array_equal(labels, label_values):  # non-integral, NaN or out of range
         return None
-    return k, labels, distances.astype(np.float32)
+    return k, labels, numbers[fields["distances"]].astype(np.float32)
 
 
 def _block_slow(lines: list[bytes], first_line: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

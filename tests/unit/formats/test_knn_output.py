@@ -200,3 +200,17 @@ def test_malformed_numbers_in_a_regular_block_name_the_line(bad: bytes, message:
     good = b'{"predicted_label": 1.0, "labels": [1.0, 2.0], "distances": [0.5, 0.7]}\n'
     with pytest.raises(KnnOutputError, match=rf"line 3\b.*{message}|line 3: .*{message}"):
         read_verbose_jsonlines(good * 2 + bad + b"\n" + good)
+
+
+@pytest.mark.parametrize(
+    ("labels_text", "expected"),
+    [(b"[3, 40, -1]", [3, 40, -1]), (b"[3.0, 4e1, -1.0]", [3, 40, -1]), (b"[3.00, 4.0E+1, 1e0]", [3, 40, 1])],
+)
+def test_labels_in_other_spellings_take_the_fast_path(
+    labels_text: bytes, expected: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(knn_output, "_block_slow", _fail_slow)
+    line = b'{"predicted_label": 3, "labels": ' + labels_text + b', "distances": [0.5, 1.5e-3, 2]}\n'
+    labels, distances = read_verbose_jsonlines(line * 3)
+    np.testing.assert_array_equal(labels, [expected] * 3)
+    np.testing.assert_array_equal(distances, np.array([[0.5, 1.5e-3, 2.0]] * 3, np.float32))
