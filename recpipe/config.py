@@ -128,8 +128,9 @@ PARAMS: tuple[Param, ...] = (
     _P("processing.max_nonzeros", int, 500_000_000,
        "Bound on the non-zeros of the largest training set (full): when negative_rounds x rows x "
        "(id + side features + context) would exceed it, the step writes fewer rounds (down to 1), then "
-       "a shorter context (down to 0); the manifest's volume says what was written. About 7 bytes "
-       "each in recordio-protobuf; 0 = no bound.", min=0),
+       "a shorter context (down to 0); the manifest's volume says what was written. In "
+       "recordio-protobuf a non-zero takes about 7 bytes (plus about 50 per row): 500 M is about 6 GB "
+       "per set. 0 = no bound.", min=0),
     _P("processing.seed", int, 42, "Seed for negative sampling and training initialisation.", min=0),
     _P("processing.min_user_interactions", int, 1, "Drop users with fewer interactions.", min=1),
     _P("processing.min_item_interactions", int, 1, "Drop items with fewer interactions.", min=1),
