@@ -59,7 +59,14 @@ Semantics (docs/CONTRACTS.md has the output layout):
   (the serve model), ``meta/user_rows_train.npz`` at the end of the training part (the eval model);
   ``meta/item_rows.npz`` holds x_i. Without the context every training row is exactly x_u + x_i.
 * Implicit mode writes ``processing.negative_rounds`` rounds: the positives again, each time with
-  fresh negatives, one round in memory at a time.
+  fresh negatives, one round in memory at a time. ``processing.negative_popularity`` of the
+  negatives are drawn in proportion to the items' interaction counts in the set (still distinct and
+  unseen); ``processing.recent_fraction`` > 0 writes the positives among each user's most recent
+  interactions of the set twice per round; ``processing.context_gap`` > 0 ends each row's context
+  a random number of steps early (fresh per round); ``processing.context_split_ratings`` puts the
+  non-positive interactions of the context in a block of their own (``layout.context_non_positive``).
+* Volume: ``processing.max_nonzeros`` bounds the non-zeros of the ``full`` set (:func:`fit_budget`:
+  fewer rounds first, then a shorter context); ``manifest.volume`` records what was written.
 
 Bad input ends the job with exit status 1 and a one-line reason on stderr and in the failure file.
 Locations: CSV rows are named by line as a text editor counts them (the header is line 1, so the

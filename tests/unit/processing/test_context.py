@@ -187,3 +187,20 @@ def test_recent_fraction_adds_rows_and_keeps_each_users_negatives(job: Job) -> N
     # negatives: one per positive row, capped by the unseen items (2, 3 and 6 of them)
     assert np.bincount(users[labels == 0], minlength=3).tolist() == [2, 3, 3]
     assert np.bincount(users[labels == 1], minlength=3).tolist() == [8, 7, 3]
+
+
+def test_context_split_ratings_moves_low_ratings_to_their_own_block(job: Job) -> None:
+    job.write("interactions/i.csv", INTERACTIONS)
+    job.config(**{"evaluation.holdout_fraction": 0.0, "processing.context_items": 6,
+                  "processing.context_decay": 1.0, "processing.context_split_ratings": True})
+    manifest = job.run()
+    n_items = 8
+    offset, size = manifest["layout"]["context"]
+    assert size == n_items
+    assert manifest["layout"]["context_non_positive"] == [offset + n_items, n_items]
+    assert manifest["feature_dim"] == offset + 2 * n_items
+    rows = job.npz("user_rows").toarray()
+    # user 1 rated item 12 (index 2) with a 2: it is in the second block, the others in the first
+    assert rows[0, offset + n_items + 2] > 0 and rows[0, offset + 2] == 0
+    assert (rows[0, offset:offset + n_items] > 0).sum() == 5
+    assert (rows[1, offset + n_items:] == 0).all()
