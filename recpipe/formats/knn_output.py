@@ -48,7 +48,7 @@ __all__ = ["read_verbose_jsonlines", "write_verbose_jsonlines"]
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
 _BLOCK_LINES = 4096  # lines per block (reader and writer)
-_BLOCK_BYTES = 1 << 20  # and at most about this many bytes per block (reader): arrays stay in cache
+_BLOCK_BYTES = 1 << 19  # and at most about this many bytes per block (reader): arrays stay in cache
 
 # --------------------------------------------------------------------------------------------------
 # writer
