@@ -279,8 +279,12 @@ def test_recordio_module_is_self_contained() -> None:
     assert source.count("import numba") == 1 and "            import numba\n" in source
 
 
-def test_writer_without_numba_uses_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "numba", None)  # as in the processing container: no numba
+@pytest.mark.parametrize("how", ["not installed", "RECPIPE_NUMBA=0"])
+def test_writer_without_numba_uses_numpy(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if how == "not installed":
+        monkeypatch.setitem(sys.modules, "numba", None)  # as in the processing container
+    else:
+        monkeypatch.setenv("RECPIPE_NUMBA", "0")
     monkeypatch.setattr(recordio, "_numba_kernel", None)
     monkeypatch.setattr(recordio, "_USE_NUMBA", True)
     rng = np.random.default_rng(8)
@@ -308,3 +312,18 @@ def test_kernel_as_plain_python_matches_numpy_path(value_dtype: type) -> None:
     rows = recordio._dense_rows(dense, None)
     expected = b"".join(piece.tobytes() for piece in recordio._encode(rows))
     assert recordio._encode_compiled(recordio._encode_kernel_py, rows).tobytes() == expected
+
+
+def test_auto_mode_keeps_small_and_dense_writes_on_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_kernel() -> None:
+        raise AssertionError("the numba kernel was asked for")
+
+    monkeypatch.setattr(recordio, "_USE_NUMBA", None)
+    monkeypatch.setattr(recordio, "_numba_encoder", no_kernel)
+    monkeypatch.setattr(recordio, "_NUMBA_MIN_ITEMS", 100)
+    monkeypatch.setattr(recordio, "_NUMBA_MIN_ITEMS_LOADED", 100)
+    rng = np.random.default_rng(10)
+    recordio.write_dense(io.BytesIO(), rng.normal(size=(50, 8)).astype(np.float32))  # dense floats
+    recordio.write_sparse(io.BytesIO(), _random_csr(rng, 5, 10, 3))  # below the threshold
+    with pytest.raises(AssertionError, match="numba kernel"):
+        recordio.write_sparse(io.BytesIO(), _random_csr(rng, 50, 10, 5))
