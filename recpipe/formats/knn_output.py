@@ -6,7 +6,8 @@ One JSON object per input record, in input order::
 
 ``labels`` are the training labels of the neighbours (here: item indices, written as floats like
 the service does) and ``distances`` are sorted from smallest to largest, as the service returns
-them (for ``INNER_PRODUCT`` the "distance" is the negated score).
+them (for ``INNER_PRODUCT`` the "distance" is the raw inner product, so the best match comes last;
+:mod:`recpipe.topn` sorts by score itself and never relies on this order).
 
 Both directions work on blocks of lines with array operations (numpy only: the reader runs in
 the publish Lambda):
