@@ -24,9 +24,6 @@ N_USERS, N_ITEMS, K_NN = 30, 50, 25
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv(tables.TABLE_ENV, TABLE)
     with mock_aws():
         s3, ddb = boto3.client("s3"), boto3.client("dynamodb")

@@ -24,9 +24,6 @@ NOW = 1_700_000_000.0
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv(BUCKET_ENV, BUCKET)
     monkeypatch.setenv(TABLE_ENV, TABLE)
     monkeypatch.delenv("RECPIPE_DEFAULTS", raising=False)
