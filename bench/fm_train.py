@@ -1,19 +1,25 @@
 """Training speed of the Factorization Machines stand-in against a plain numpy minibatch trainer.
 
-Both train the same model the same way (k=64 regression on one-hot user + item rows, minibatch
-Adam with lazy row updates, the built-in algorithm's update), in the same process, on:
+Both train the same model the same way (k=64, minibatch Adam with lazy row updates, the built-in
+algorithm's update), in the same process, on:
 
-- MovieLens-100k (90/10 random split);
+- MovieLens-100k (90/10 random split), regression on one-hot user + item rows;
+- the pipeline's own rows ("context"): the processing step run on MovieLens-100k with the default
+  config, i.e. binary classification on rows of about 32 non-zeros (user and item ids, side
+  features and the decayed 30-item sequence context), 0.9M training rows; trained with the
+  default ``fm.*`` hyperparameters, test log loss on the processing step's test set;
 - a synthetic MovieLens-25M-sized set: 162,541 users, 62,423 items with Zipf popularity, 5M
   training + 0.5M test rows, ratings from a planted low-rank model plus noise (the model, 57 MB of
   factors plus 115 MB of Adam moments, no longer fits in the cache).
 
-Printed: samples/s of ours (every core, Hogwild) and of the reference, their test RMSE after the
-same epochs, the cold JIT compile time and the warm (cached) load time of the kernels.
+Printed: samples/s of ours (every core, Hogwild) and of the reference, samples per CPU-second,
+their test RMSE (log loss for the context rows) after the same epochs, the cold JIT compile time
+and the warm (cached) load time of the kernels.
 
     .venv/bin/python bench/fm_train.py [--quick]
 
-Ends with ``RESULT samples_per_s_small=<n> samples_per_s_large=<n> ratio=<ours large / numpy large>``.
+Ends with ``RESULT samples_per_s_small=<n> samples_per_s_large=<n> ratio=<ours large / numpy large>
+samples_per_s_context=<n> ratio_context=<ours context / numpy context>``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recpipe.algorithms.fm import FactorizationMachines
+from recpipe.algorithms.fm import FactorizationMachines, fm_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 64
@@ -52,6 +58,7 @@ class NumpyFM:
     def __init__(self, n: int, hp: dict[str, Any], seed: int) -> None:
         rng = np.random.default_rng(seed)
         self.hp = hp
+        self.binary = hp.get("predictor_type") == "binary_classifier"
         self.rng = rng
         self.V = rng.normal(0, hp["factors_init_sigma"], (n, hp["num_factors"])).astype(np.float32)
         self.w = rng.normal(0, hp["linear_init_sigma"], n).astype(np.float32)
@@ -91,7 +98,8 @@ class NumpyFM:
         V, w = self.V[cols], self.w[cols]
         q = Xl @ V
         score = self.b + Xl @ w + 0.5 * ((q * q).sum(1) - X2 @ (V * V).sum(1))
-        g = ((score - yb) / hp["mini_batch_size"]).astype(np.float32)
+        dscore = 1.0 / (1.0 + np.exp(-score)) - yb if self.binary else score - yb
+        g = (dscore / hp["mini_batch_size"]).astype(np.float32)
         gw = Xl.T @ g + hp["linear_wd"] * w
         gV = Xl.T @ (g[:, None] * q) - (X2.T @ g)[:, None] * V + hp["factors_wd"] * V
         mV, vV, mw, vw = self.mV[cols], self.vV[cols], self.mw[cols], self.vw[cols]
@@ -162,34 +170,85 @@ def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, np.float64).ravel() - b) ** 2)))
 
 
-def compare(name: str, data: tuple[Any, ...], epochs: int, ref_epochs: int) -> tuple[float, float]:
+def test_error(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
+    """RMSE of the scores (regressor) or the log loss of the raw scores (binary classifier)."""
+    if not binary:
+        return rmse(scores, y)
+    scores = np.asarray(scores, np.float64).ravel()
+    return fm_metrics(y, scores, True, prefix="")["binary_classification_cross_entropy"]
+
+
+def compare(
+    name: str, data: tuple[Any, ...], epochs: int, ref_epochs: int, hp: dict[str, Any] | None = None
+) -> tuple[float, float]:
     Xtr, ytr, Xte, yte = data
+    hp = HP if hp is None else hp
+    binary = hp.get("predictor_type") == "binary_classifier"
+    metric = "log loss" if binary else "rmse"
     samples = Xtr.shape[0] * epochs
-    ours = FactorizationMachines(**HP, epochs=epochs, seed=1)
+    ours = FactorizationMachines(**hp, epochs=epochs, seed=1)
     c0, t0 = time.process_time(), time.perf_counter()
     ours.fit(Xtr, ytr)
     t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
-    ours_rmse = rmse(ours.predict(Xte), yte)
+    ours_rmse = test_error(ours.decision_function(Xte), yte, binary)
 
-    ref = NumpyFM(Xtr.shape[1], {**HP}, seed=1)
+    ref = NumpyFM(Xtr.shape[1], {**hp}, seed=1)
     c0, t0 = time.process_time(), time.perf_counter()
     ref.fit(Xtr, ytr, ref_epochs)
     t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
-    ref_rmse = rmse(ref.predict(Xte), yte)
+    ref_rmse = test_error(ref.predict(Xte), yte, binary)
     ours_sps = samples / t_ours
     ref_sps = Xtr.shape[0] * ref_epochs / t_ref
-    print(f"{name}: {Xtr.shape[0]:,} train rows x {epochs} epochs, {Xte.shape[0]:,} test rows, "
-          f"{Xtr.shape[1]:,} features, k={K}")
+    print(f"{name}: {Xtr.shape[0]:,} train rows x {epochs} epochs ({Xtr.nnz / Xtr.shape[0]:.1f} non-zeros "
+          f"a row), {Xte.shape[0]:,} test rows, {Xtr.shape[1]:,} features, k={hp['num_factors']}")
     # Samples per CPU-second shows the speed a thread has when it gets a core to itself (the
     # machine is shared: wall-clock figures drop with everyone else's load).
     print(f"  ours  ({os.cpu_count()} threads): {ours_sps / 1e6:7.2f} M samples/s  ({t_ours:.2f} s, "
-          f"{samples / c_ours / 1e6:.2f} M per CPU-s)  test rmse {ours_rmse:.4f}")
+          f"{samples / c_ours / 1e6:.2f} M per CPU-s)  test {metric} {ours_rmse:.4f}")
     print(f"  numpy reference:   {ref_sps / 1e6:7.2f} M samples/s  ({t_ref:.2f} s, "
-          f"{Xtr.shape[0] * ref_epochs / c_ref / 1e6:.2f} M per CPU-s)  test rmse {ref_rmse:.4f}")
+          f"{Xtr.shape[0] * ref_epochs / c_ref / 1e6:.2f} M per CPU-s)  test {metric} {ref_rmse:.4f}")
     gap = ours_rmse / ref_rmse - 1
-    print(f"  speed-up {ours_sps / ref_sps:.1f}x, rmse ours/reference - 1 = {gap:+.2%} "
+    print(f"  speed-up {ours_sps / ref_sps:.1f}x, {metric} ours/reference - 1 = {gap:+.2%} "
           f"({'within' if abs(gap) <= 0.01 else 'OUTSIDE'} 1%)")
     return ours_sps, ref_sps
+
+
+def pipeline_rows(workdir: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The processing step's training and test rows on MovieLens-100k with the default config, and
+    the FM hyperparameters the pipeline trains them with (the ``fm.*`` defaults)."""
+    import json
+    import shutil
+
+    from recpipe import config
+    from recpipe.datasets import movielens_100k
+    from recpipe.formats.recordio import read_sparse
+    from workflows.processing import preprocess
+
+    source = movielens_100k(ROOT / ".recpipe" / "datasets" / "ml-100k", ROOT / ".recpipe" / "cache")
+    opt_ml = workdir / "opt_ml"
+    data = opt_ml / "processing" / "input" / "data"
+    for part in ("interactions", "users", "items"):
+        if (source / part).exists():
+            shutil.copytree(source / part, data / part)
+    t0 = time.perf_counter()
+    manifest = preprocess.run(opt_ml)
+    out = opt_ml / "processing" / "output"
+    print(f"(processing step on MovieLens-100k: {time.perf_counter() - t0:.1f} s)")
+    dim = int(manifest["feature_dim"])
+
+    def read(name: str) -> tuple[sp.csr_matrix, np.ndarray]:
+        parts = [read_sparse(f) for f in sorted((out / name).glob("*.pbr"))]
+        X = sp.vstack([sp.csr_matrix(m, shape=(m.shape[0], dim)) for m, _ in parts]).tocsr()
+        return X, np.concatenate([np.asarray(lab, np.float32).ravel() for _, lab in parts])
+
+    defaults = config.defaults()
+    hp: dict[str, Any] = {key[3:]: value for key, value in defaults.items() if key.startswith("fm.")}
+    hp = {name: value for name, value in hp.items() if name in FactorizationMachines().get_params()}
+    hp.pop("epochs", None)
+    hp["predictor_type"] = "binary_classifier" if manifest["config"].get("processing.mode") != "explicit" \
+        else "regressor"
+    print(f"(FM hyperparameters: {json.dumps(hp, sort_keys=True)})")
+    return (*read("train"), *read("test")), hp
 
 
 _COMPILE_PROBE = """
@@ -214,7 +273,15 @@ def jit_seconds(cache_dir: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1M-row large set (smoke run)")
+    parser.add_argument("--context-only", action="store_true", help="only the pipeline rows")
     args = parser.parse_args()
+    if args.context_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            context, context_hp = pipeline_rows(Path(tmp))
+        FactorizationMachines(**context_hp, epochs=1).fit(context[0][:2000], context[1][:2000])  # JIT cache
+        ours, ref = compare("MovieLens-100k pipeline rows (sequence context)", context, 2, 2, hp=context_hp)
+        print(f"RESULT samples_per_s_context={ours:.0f} ratio_context={ours / ref:.2f}")
+        return
 
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as cache:
@@ -232,8 +299,16 @@ def main() -> None:
     large = synthetic_25m(n_train, n_train // 10)
     print(f"(synthetic set generated in {time.perf_counter() - t0:.1f} s)")
     large_ours, large_ref = compare("synthetic ML-25M-sized", large, epochs=3, ref_epochs=3)
+    del large
+
+    with tempfile.TemporaryDirectory() as tmp:
+        context, context_hp = pipeline_rows(Path(tmp))
+    context_ours, context_ref = compare(
+        "MovieLens-100k pipeline rows (sequence context)", context, epochs=2, ref_epochs=2, hp=context_hp
+    )
     print(f"RESULT samples_per_s_small={small_ours:.0f} samples_per_s_large={large_ours:.0f} "
-          f"ratio={large_ours / large_ref:.2f}")
+          f"ratio={large_ours / large_ref:.2f} samples_per_s_context={context_ours:.0f} "
+          f"ratio_context={context_ours / context_ref:.2f}")
 
 
 if __name__ == "__main__":

@@ -284,36 +284,24 @@ def predict_rows(
 
 
 @njit(nogil=True, cache=True)
-def gather_rows(
-    indptr: np.ndarray,  # int64
+def scatter_rows(
+    indptr: np.ndarray,  # int64: one block of CSR rows
     indices: np.ndarray,  # int32
     data: np.ndarray,  # float32
-    y: np.ndarray,  # float32
-    perm: np.ndarray,  # int64: output row i is input row perm[i]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of a CSR matrix and their labels in the order ``perm`` (a shuffled copy)."""
-    n = perm.shape[0]
-    out_indptr = np.empty(n + 1, dtype=np.int64)
-    out_indptr[0] = 0
+    dest: np.ndarray,  # int64: the output row of each of the block's rows
+    out_indptr: np.ndarray,  # int64: the output's row pointers (already laid out)
+    out_indices: np.ndarray,  # int32
+    out_data: np.ndarray,  # float32
+) -> None:
+    """Copy each row of a CSR block to its row ``dest[i]`` of a CSR matrix laid out beforehand."""
+    n = dest.shape[0]
     for i in range(n):
-        r = perm[i]
-        out_indptr[i + 1] = out_indptr[i] + indptr[r + 1] - indptr[r]
-    out_indices = np.empty(out_indptr[n], dtype=np.int32)
-    out_data = np.empty(out_indptr[n], dtype=np.float32)
-    out_y = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        if i + _GATHER_AHEAD < n:  # the source rows are scattered: ask for them early
-            ra = indptr[perm[i + _GATHER_AHEAD]]
-            _prefetch(indices, ra)
-            _prefetch(data, ra)
-            if indptr[perm[i + _GATHER_AHEAD] + 1] - ra > _FLOATS_PER_LINE:
-                _prefetch(indices, ra + _FLOATS_PER_LINE)
-                _prefetch(data, ra + _FLOATS_PER_LINE)
-        r = perm[i]
-        o = out_indptr[i]
-        for jj in range(indptr[r], indptr[r + 1]):
+        if i + _GATHER_AHEAD < n:  # the destination rows are scattered: ask for them early
+            oa = out_indptr[dest[i + _GATHER_AHEAD]]
+            _prefetch(out_indices, oa)
+            _prefetch(out_data, oa)
+        o = out_indptr[dest[i]]
+        for jj in range(indptr[i], indptr[i + 1]):
             out_indices[o] = indices[jj]
             out_data[o] = data[jj]
             o += 1
-        out_y[i] = y[r]
-    return out_indptr, out_indices, out_data, out_y

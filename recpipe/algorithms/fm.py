@@ -341,6 +341,8 @@ class FactorizationMachines:
     ) -> FactorizationMachines:
         """Train on CSR ``X`` ``(n_rows, feature_dim)`` and labels ``y``; report test metrics per epoch.
 
+        ``X`` may also be a list of CSR blocks, the rows of which follow one another (a channel's
+        files): they are shuffled into one training matrix without stacking them first.
         ``history_`` gets one dict per epoch: ``epoch``, ``seconds``, ``samples_per_s`` and the
         metrics (``train:*`` measured on the fly during the epoch, ``test:*`` after it).
         """
@@ -348,8 +350,15 @@ class FactorizationMachines:
 
         hp = self._validated()
         binary = hp["predictor_type"] == "binary_classifier"
-        feature_dim = hp["feature_dim"] if hp["feature_dim"] is not None else _n_columns(X)
-        Xtr, ytr = _check_xy(X, y, feature_dim, binary, "train")
+        blocks = list(X) if isinstance(X, list | tuple) else [X]
+        if not blocks:
+            raise DataError("The train data has no records.")
+        feature_dim = hp["feature_dim"] if hp["feature_dim"] is not None else _n_columns(blocks[0])
+        Xs = [
+            _as_csr(block, feature_dim, "train" if len(blocks) == 1 else f"train block {i}")
+            for i, block in enumerate(blocks)
+        ]
+        ytr = _check_labels(sum(block.shape[0] for block in Xs), y, binary, "train")
         test = None
         if X_test is not None or y_test is not None:
             if X_test is None or y_test is None:
@@ -369,14 +378,8 @@ class FactorizationMachines:
 
         # One physical shuffle keeps each minibatch's rows contiguous in memory; the order in which
         # minibatches are visited changes every epoch.
-        indptr, indices, data, ytr = K.gather_rows(
-            Xtr.indptr.astype(np.int64),
-            Xtr.indices.astype(np.int32, copy=False),
-            Xtr.data.astype(np.float32, copy=False),
-            ytr,
-            rng.permutation(Xtr.shape[0]).astype(np.int64, copy=False),
-        )
-        del Xtr
+        indptr, indices, data, ytr = _shuffled(Xs, ytr, rng.permutation(ytr.shape[0]))
+        del Xs, blocks
         n_rows = ytr.shape[0]
         batch = hp["mini_batch_size"]
         n_batches = -(-n_rows // batch)
@@ -550,14 +553,44 @@ def _as_csr(X: Any, feature_dim: int, what: str) -> sp.csr_matrix:
     return X
 
 
+def _shuffled(
+    blocks: list[sp.csr_matrix], y: np.ndarray, perm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of the stacked ``blocks`` (and ``y``) in the order ``perm``: output row i is input
+    row perm[i]. Each block is copied straight to its rows' places (no stacked copy in between)."""
+    from recpipe.algorithms import _fm_kernels as K
+
+    n = y.shape[0]
+    lengths = np.concatenate([np.diff(block.indptr) for block in blocks]).astype(np.int64, copy=False)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths[perm], out=indptr[1:])
+    dest = np.empty(n, dtype=np.int64)
+    dest[perm] = np.arange(n, dtype=np.int64)
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    data = np.empty(int(indptr[-1]), dtype=np.float32)
+    start = 0
+    for block in blocks:
+        rows = block.shape[0]
+        K.scatter_rows(
+            block.indptr.astype(np.int64), block.indices.astype(np.int32, copy=False),
+            block.data.astype(np.float32, copy=False), dest[start:start + rows], indptr, indices, data,
+        )
+        start += rows
+    return indptr, indices, data, np.ascontiguousarray(y[perm])
+
+
 def _check_xy(X: Any, y: Any, feature_dim: int, binary: bool, what: str) -> tuple[sp.csr_matrix, np.ndarray]:
     Xc = _as_csr(X, feature_dim, what)
+    return Xc, _check_labels(Xc.shape[0], y, binary, what)
+
+
+def _check_labels(n_rows: int, y: Any, binary: bool, what: str) -> np.ndarray:
     if y is None:
         raise DataError(f"The {what} data has no labels; Factorization Machines needs a label per record.")
     labels = np.asarray(y, dtype=np.float32).reshape(-1)
-    if labels.shape[0] != Xc.shape[0]:
-        raise DataError(f"The {what} data has {Xc.shape[0]} records but {labels.shape[0]} labels.")
-    if Xc.shape[0] == 0:
+    if labels.shape[0] != n_rows:
+        raise DataError(f"The {what} data has {n_rows} records but {labels.shape[0]} labels.")
+    if n_rows == 0:
         raise DataError(f"The {what} data has no records.")
     bad = ~np.isfinite(labels)
     if binary:
@@ -567,7 +600,7 @@ def _check_xy(X: Any, y: Any, feature_dim: int, binary: bool, what: str) -> tupl
         need = "0 or 1 (predictor_type 'binary_classifier')" if binary else "a finite number"
         got = float(labels[row])
         raise DataError(f"The {what} data's label in record {row} must be {need}, got {got!r}.")
-    return Xc, labels
+    return labels
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -608,7 +641,10 @@ def _channel_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def _read_channel(opt_ml: Path, channel: str, feature_dim: int) -> tuple[sp.csr_matrix, np.ndarray] | None:
+def _read_channel(
+    opt_ml: Path, channel: str, feature_dim: int
+) -> tuple[list[sp.csr_matrix], np.ndarray] | None:
+    """The channel's files as CSR blocks (one per file, in name order) and all their labels."""
     from recpipe.formats.recordio import read_sparse
 
     directory = opt_ml / "input" / "data" / channel
@@ -635,7 +671,7 @@ def _read_channel(opt_ml: Path, channel: str, feature_dim: int) -> tuple[sp.csr_
             )
         parts.append(sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], feature_dim)))
         labels.append(np.asarray(y, dtype=np.float32).reshape(-1))
-    return sp.vstack(parts, format="csr"), np.concatenate(labels)
+    return parts, np.concatenate(labels)
 
 
 def _final_metrics(history: Iterable[Mapping[str, float]]) -> list[dict[str, Any]]:
@@ -682,7 +718,8 @@ def run_training_job(
         test = _read_channel(opt_ml, "test", feature_dim)
         model.fit(
             train[0], train[1],
-            X_test=None if test is None else test[0], y_test=None if test is None else test[1],
+            X_test=None if test is None else sp.vstack(test[0], format="csr"),
+            y_test=None if test is None else test[1],
             on_epoch=on_epoch,
         )
         _write_model(opt_ml / "model", model, raw)

@@ -264,6 +264,18 @@ def test_thread_count_callable_is_asked_every_epoch() -> None:
     np.testing.assert_array_equal(one.w_, sequential.w_)
 
 
+def test_blocks_train_exactly_as_their_stacked_matrix() -> None:
+    """A channel's files are passed as blocks and shuffled without stacking them: same model."""
+    X, y = planted(seed=7)
+    stacked = FactorizationMachines(**FAST, epochs=3, seed=4).fit(X, y)
+    blocks = FactorizationMachines(**FAST, epochs=3, seed=4).fit([X[:100], X[100:101], X[101:0], X[101:]], y)
+    np.testing.assert_array_equal(stacked.V_, blocks.V_)
+    np.testing.assert_array_equal(stacked.w_, blocks.w_)
+    assert stacked.b_ == blocks.b_
+    with pytest.raises(DataError, match=r"The train data has 600 records but 599 labels\."):
+        FactorizationMachines(**FAST).fit([X[:100], X[100:]], y[1:])
+
+
 # --- errors ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("params", "message"),
