@@ -92,10 +92,11 @@ def train_batches(
     task: int,
     prefetch: bool,  # hint the rows ahead into the cache (worth it once the model outgrows it)
     mark: np.ndarray,  # int64 (n_features): last step that touched the feature (thread-private)
-    touched: np.ndarray,  # int32 (max touched per batch): the features the batch touches
-    G: np.ndarray,  # float32 (n_features, k): sum of g*x*q per feature, zero between batches
-    gw: np.ndarray,  # float32 (n_features): sum of g*x per feature, zero between batches
-    gx2: np.ndarray,  # float32 (n_features): sum of g*x^2 per feature, zero between batches
+    slot: np.ndarray,  # int32 (n_features): its row in the gradient buffers (thread-private)
+    touched: np.ndarray,  # int32 (max touched per batch): the features the batch touches, by slot
+    G: np.ndarray,  # float32 (max touched per batch, k): sum of g*x*q, zero between batches
+    gw: np.ndarray,  # float32 (max touched per batch): sum of g*x, zero between batches
+    gx2: np.ndarray,  # float32 (max touched per batch): sum of g*x^2, zero between batches
     q: np.ndarray,  # float32 (k): the row's sum of V_j x_j
     sq: np.ndarray,  # float32 (k): the row's sum of (V_j x_j)^2
     stats: np.ndarray,  # float64 (2,): sum of training loss, rows seen (accumulated)
@@ -133,7 +134,6 @@ def train_batches(
                     _prefetch(W, j * 3)
                     for f in range(0, k, _FLOATS_PER_LINE):
                         _prefetch(P, j * row + f)
-                        _prefetch(G, j * k + f)
             a = indptr[r]
             e = indptr[r + 1]
             # Forward. q and sq live in memory (numba keeps no array in registers), so each
@@ -186,19 +186,22 @@ def train_batches(
             gb += g
             # Backward: dscore/dV_j = x_j (q - V_j x_j). The V_j x_j^2 part is kept as one scalar
             # per feature and applied in the update (V does not change within a minibatch), so
-            # each non-zero adds g x_j q to its feature's row: no read of V here.
+            # each non-zero adds g x_j q to its feature's row: no read of V here. The rows are
+            # numbered in order of first touch (a compact buffer, whatever the model's size).
             for jj in range(a, e):
                 j = indices[jj]
                 x = data[jj]
                 if mark[j] != t:
                     mark[j] = t
+                    slot[j] = nu
                     touched[nu] = j
                     nu += 1
+                u = slot[j]
                 gx = g * x
-                gw[j] += gx
-                gx2[j] += gx * x
+                gw[u] += gx
+                gx2[u] += gx * x
                 for f in range(k):
-                    G[j, f] += gx * q[f]
+                    G[u, f] += gx * q[f]
         seen += end - start
         corr = math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
         step_v = np.float32(lr_v * corr)
@@ -210,8 +213,8 @@ def train_batches(
                 for f in range(k, row, _FLOATS_PER_LINE):  # the moments; the factors are still cached
                     _prefetch(P, ja * row + f)
             j = touched[u]
-            gj = gw[j] + wd_w * W[j, 0]
-            gw[j] = 0.0
+            gj = gw[u] + wd_w * W[j, 0]
+            gw[u] = 0.0
             if do_clip:
                 gj = min(max(gj, -clip), clip)
             mj = beta1 * W[j, 1] + (1.0 - beta1) * gj
@@ -219,12 +222,12 @@ def train_batches(
             W[j, 1] = mj
             W[j, 2] = vj
             W[j, 0] -= step_w * mj / (math.sqrt(vj) + eps)
-            shrink = wdv32 - gx2[j]  # gradient = G_j - (sum g x^2) V_j + wd V_j
-            gx2[j] = 0.0
+            shrink = wdv32 - gx2[u]  # gradient = G_u - (sum g x^2) V_j + wd V_j
+            gx2[u] = 0.0
             if do_clip:
                 for f in range(k):
-                    gf = G[j, f] + shrink * P[j, 0, f]
-                    G[j, f] = 0.0
+                    gf = G[u, f] + shrink * P[j, 0, f]
+                    G[u, f] = 0.0
                     gf = min(max(gf, -clip32), clip32)
                     mf = b1 * P[j, 1, f] + ob1 * gf
                     vf = b2 * P[j, 2, f] + ob2 * gf * gf
@@ -233,8 +236,8 @@ def train_batches(
                     P[j, 0, f] -= step_v * mf / (np.sqrt(vf) + eps32)
             else:
                 for f in range(k):
-                    gf = G[j, f] + shrink * P[j, 0, f]
-                    G[j, f] = 0.0
+                    gf = G[u, f] + shrink * P[j, 0, f]
+                    G[u, f] = 0.0
                     mf = b1 * P[j, 1, f] + ob1 * gf
                     vf = b2 * P[j, 2, f] + ob2 * gf * gf
                     P[j, 1, f] = mf

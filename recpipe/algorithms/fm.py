@@ -401,10 +401,11 @@ class FactorizationMachines:
         def new_scratch() -> tuple[np.ndarray, ...]:
             return (
                 np.full(feature_dim, -1, dtype=np.int64),  # mark
+                np.zeros(feature_dim, dtype=np.int32),  # slot
                 np.zeros(touched_cap, dtype=np.int32),  # touched
-                np.zeros((feature_dim, k), dtype=np.float32),  # G
-                np.zeros(feature_dim, dtype=np.float32),  # gw
-                np.zeros(feature_dim, dtype=np.float32),  # gx2
+                np.zeros((touched_cap, k), dtype=np.float32),  # G
+                np.zeros(touched_cap, dtype=np.float32),  # gw
+                np.zeros(touched_cap, dtype=np.float32),  # gx2
                 np.zeros(k, dtype=np.float32),  # q
                 np.zeros(k, dtype=np.float32),  # sq
                 np.zeros(2, dtype=np.float64),  # stats
@@ -424,9 +425,9 @@ class FactorizationMachines:
         hpv[K.HP_RESCALE] = hp["rescale_grad"] if hp["rescale_grad"] is not None else 1.0 / batch
         hpv[K.HP_CLIP] = hp["clip_gradient"] if hp["clip_gradient"] is not None else -1.0
         task = K.BINARY_CLASSIFIER if binary else K.REGRESSOR
-        # Software prefetching pays once the rows a thread works on (model, moments and its gradient
-        # buffer) no longer fit in the caches; below that it only costs instructions.
-        prefetch = bool(P.nbytes + feature_dim * k * 4 > _PREFETCH_ABOVE_BYTES)
+        # Software prefetching pays once the model and its moments no longer fit in the caches;
+        # below that it only costs instructions.
+        prefetch = bool(P.nbytes > _PREFETCH_ABOVE_BYTES)
 
         self.history_: list[dict[str, float]] = []
         epochs = hp["epochs"]
