@@ -5,9 +5,10 @@ algorithm's update), in the same process, on:
 
 - MovieLens-100k (90/10 random split), regression on one-hot user + item rows;
 - the pipeline's own rows ("context"): the processing step run on MovieLens-100k with the default
-  config, i.e. binary classification on rows of about 32 non-zeros (user and item ids, side
-  features and the decayed 30-item sequence context), 0.9M training rows; trained with the
-  default ``fm.*`` hyperparameters, test log loss on the processing step's test set;
+  config (whatever ``recpipe/config.py`` says today: at the time of writing binary classification
+  on 0.9M training rows of about 44 non-zeros, user and item ids, side features and the decayed
+  50-item sequence context), trained with the default ``fm.*`` hyperparameters for 2 epochs, test
+  log loss on the processing step's test set;
 - a synthetic MovieLens-25M-sized set: 162,541 users, 62,423 items with Zipf popularity, 5M
   training + 0.5M test rows, ratings from a planted low-rank model plus noise (the model, 57 MB of
   factors plus 115 MB of Adam moments, no longer fits in the cache).
@@ -16,10 +17,11 @@ Printed: samples/s of ours (every core, Hogwild) and of the reference, samples p
 their test RMSE (log loss for the context rows) after the same epochs, the cold JIT compile time
 and the warm (cached) load time of the kernels.
 
-    .venv/bin/python bench/fm_train.py [--quick]
+    .venv/bin/python bench/fm_train.py [--quick] [--context-only]
 
 Ends with ``RESULT samples_per_s_small=<n> samples_per_s_large=<n> ratio=<ours large / numpy large>
-samples_per_s_context=<n> ratio_context=<ours context / numpy context>``.
+samples_per_s_context=<n> ratio_context=<ours context / numpy context>`` (``--context-only``: only
+the last two).
 """
 
 from __future__ import annotations
