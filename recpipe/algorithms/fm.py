@@ -62,7 +62,7 @@ OnEpoch = Callable[[int, int, dict[str, float]], None]
 NJobs = int | Callable[[], int] | None
 
 _INT_MAX = 2**31 - 1
-_PREFETCH_ABOVE_BYTES = int(os.environ.get("RECPIPE_FM_PREFETCH_ABOVE", 16 << 20))
+_PREFETCH_ABOVE_BYTES = 16 << 20  # model + moments; measured on the bench's 2.6k- and 225k-feature models
 _ADAM_BETA1 = 0.9
 _ADAM_BETA2 = 0.999
 
