@@ -28,7 +28,6 @@ Two entry points:
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import time
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recpipe.algorithms.container import read_hyperparameters, training_job
 from recpipe.algorithms.exceptions import AlgorithmError, DataError, HyperparameterError
 
 __all__ = [
@@ -681,12 +681,6 @@ def _final_metrics(history: Iterable[Mapping[str, float]]) -> list[dict[str, Any
     return [{"MetricName": n, "Value": float(last[n])} for n in names]
 
 
-def _fail(opt_ml: Path, error: AlgorithmError) -> None:
-    out = opt_ml / "output"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "failure").write_text(error.failure_reason, encoding="utf-8")
-
-
 def run_training_job(
     opt_ml: Path, *, on_epoch: OnEpoch | None = None, seed: int = 0, n_jobs: NJobs = None
 ) -> list[dict[str, Any]]:
@@ -700,16 +694,8 @@ def run_training_job(
     ``n_jobs``: the training threads (:data:`NJobs`).
     """
     opt_ml = Path(opt_ml)
-    try:
-        hp_path = opt_ml / "input" / "config" / "hyperparameters.json"
-        try:
-            raw = json.loads(hp_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raw = {}
-        except json.JSONDecodeError as err:
-            raise HyperparameterError(f"{hp_path.name} is not valid JSON: {err}.") from err
-        if not isinstance(raw, dict):
-            raise HyperparameterError(f"{hp_path.name} must hold a JSON object, got {type(raw).__name__}.")
+    with training_job(opt_ml):
+        raw = read_hyperparameters(opt_ml)
         model = FactorizationMachines.from_hyperparameters(raw, seed=seed, n_jobs=n_jobs)
         assert model.feature_dim is not None  # required: parse_hyperparameters checked it
         feature_dim = int(model.feature_dim)
@@ -724,13 +710,6 @@ def run_training_job(
             on_epoch=on_epoch,
         )
         _write_model(opt_ml / "model", model, raw)
-    except AlgorithmError as err:
-        _fail(opt_ml, err)
-        raise
-    except Exception as err:  # anything unexpected is the algorithm's fault, as on SageMaker
-        wrapped = AlgorithmError(f"{type(err).__name__}: {err}")
-        _fail(opt_ml, wrapped)
-        raise wrapped from err
     return _final_metrics(model.history_)
 
 

@@ -55,7 +55,8 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from recpipe.algorithms.exceptions import AlgorithmError, ClientError, DataError, HyperparameterError
+from recpipe.algorithms.container import read_hyperparameters, training_job
+from recpipe.algorithms.exceptions import ClientError, DataError, HyperparameterError
 
 __all__ = [
     "INDEX_METRICS",
@@ -474,12 +475,6 @@ def _output_writer(accept: str) -> tuple[Writer, bool]:
 # --- the container entry points ---------------------------------------------------------------------
 
 
-def _fail(opt_ml: Path, error: AlgorithmError) -> None:
-    out = opt_ml / "output"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "failure").write_text(error.failure_reason, encoding="utf-8")
-
-
 def _channel_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -525,26 +520,10 @@ def run_training_job(opt_ml: Path, *, on_epoch: Callable[..., Any] | None = None
     """
     del on_epoch
     opt_ml = Path(opt_ml)
-    try:
-        hp_path = opt_ml / "input" / "config" / "hyperparameters.json"
-        try:
-            raw = json.loads(hp_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raw = {}
-        except json.JSONDecodeError as err:
-            raise HyperparameterError(f"{hp_path.name} is not valid JSON: {err}.") from err
-        if not isinstance(raw, dict):
-            raise HyperparameterError(f"{hp_path.name} must hold a JSON object, got {type(raw).__name__}.")
-        hp = parse_hyperparameters(raw)
+    with training_job(opt_ml):
+        hp = parse_hyperparameters(read_hyperparameters(opt_ml))
         x, y = _read_train(opt_ml, hp.feature_dim)
         KnnModel(hp).fit(x, y).save(opt_ml / "model")
-    except AlgorithmError as err:
-        _fail(opt_ml, err)
-        raise
-    except Exception as err:  # anything unexpected is the algorithm's fault, as on SageMaker
-        wrapped = AlgorithmError(f"{type(err).__name__}: {err}")
-        _fail(opt_ml, wrapped)
-        raise wrapped from err
     return []
 
 
