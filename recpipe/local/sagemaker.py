@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
+
 from recpipe.local.exceptions import TaskFailure
 from recpipe.local.moto_hook import TaskCall
 from recpipe.local.s3store import list_keys, parse_s3_uri
@@ -57,6 +59,9 @@ from recpipe.local.s3store import list_keys, parse_s3_uri
 OPT_ML_ENV = "RECPIPE_OPT_ML"
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _MAX_REASON = 1024
+# S3 is moto in this process: transfer threads and multipart uploads only add overhead (a 65 MB
+# shard moves in ~0.3 s instead of ~0.65 s with one request on the calling thread).
+_TRANSFER = TransferConfig(use_threads=False, multipart_threshold=1 << 40)
 
 
 @dataclass(frozen=True)
@@ -276,7 +281,7 @@ class LocalSageMaker:
         for key, rel in keys:
             path = dest / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.s3.download_file(bucket, key, str(path))
+            self.s3.download_file(bucket, key, str(path), Config=_TRANSFER)
             paths.append(path)
         return paths
 
@@ -287,7 +292,8 @@ class LocalSageMaker:
         count = 0
         for path in sorted(src.rglob("*")):
             if path.is_file():
-                self.s3.upload_file(str(path), bucket, prefix + path.relative_to(src).as_posix())
+                self.s3.upload_file(str(path), bucket, prefix + path.relative_to(src).as_posix(),
+                                    Config=_TRANSFER)
                 count += 1
         return count
 
@@ -544,7 +550,7 @@ class LocalSageMaker:
         with tarfile.open(tar_path, "w:gz", compresslevel=1) as tar:
             for path in sorted(model_dir.iterdir()):
                 tar.add(path, arcname=path.name)
-        self.s3.upload_file(str(tar_path), bucket, key)
+        self.s3.upload_file(str(tar_path), bucket, key, Config=_TRANSFER)
 
     # -- models and batch transform ----------------------------------------------------------------
 
@@ -612,7 +618,7 @@ class LocalSageMaker:
         bucket, key = parse_s3_uri(model_url)
         tar_path = root / "model.tar.gz"
         try:
-            self.s3.download_file(bucket, key, str(tar_path))
+            self.s3.download_file(bucket, key, str(tar_path), Config=_TRANSFER)
         except Exception as exc:
             raise _JobError(f"ClientError: Could not download model data from {model_url}: {exc}") from exc
         with tarfile.open(tar_path) as tar:
@@ -645,7 +651,7 @@ class LocalSageMaker:
                 if not produced.is_file():
                     raise _JobError(f"AlgorithmError: the transform wrote no output for {path.name}.")
                 rel = (rel_dir / produced.name).as_posix()
-                self.s3.upload_file(str(produced), out_bucket, out_prefix + rel)
+                self.s3.upload_file(str(produced), out_bucket, out_prefix + rel, Config=_TRANSFER)
 
 
 class _JobError(Exception):
