@@ -856,14 +856,36 @@ class SequenceContext:
         anchors = np.asarray(anchors, dtype=np.int64)
         count = np.minimum(anchors - self.indptr[users], self.length)
         indptr = np.concatenate([[0], np.cumsum(count)])
-        age = np.arange(int(indptr[-1]), dtype=np.int64) - np.repeat(indptr[:-1], count)
-        cols = self.offset + self.items[np.repeat(anchors, count) - 1 - age]
-        weights = self.decay ** np.arange(max(self.length, 1), dtype=np.float64)
+        # One (row, width) key block, key = item << bits | age, padded with the largest key: a
+        # row-wise np.sort (SIMD) puts each row's entries in column order (ties, impossible for
+        # distinct items, by age) and the padding last. 5-10x cheaper than csr sort_indices.
+        width = max(self.length, 1)
+        bits = max((width - 1).bit_length(), 1)
+        small = len(self.items) == 0 or int(self.items.max()) < 1 << (31 - bits)
+        key_type = np.int32 if small else np.int64
+        ages = np.arange(width, dtype=np.int64)
+        valid = ages < count[:, None]
+        pos = anchors[:, None] - 1 - ages
+        np.maximum(pos, 0, out=pos)
+        source = self.items if len(self.items) else np.zeros(1, dtype=np.int64)  # no row then has a context
+        keys = source.astype(key_type)[pos]
+        del pos
+        np.left_shift(keys, bits, out=keys)
+        np.bitwise_or(keys, ages.astype(key_type), out=keys)
+        keys[~valid] = np.iinfo(key_type).max
+        keys.sort(axis=1)
+        # Value of (count c, age j) = weights[j] / sqrt(norm[c]), as one table lookup (same floats).
+        weights = self.decay ** np.arange(width, dtype=np.float64)
         norm = np.concatenate([[1.0], np.cumsum(weights)])  # norm[c] = sum of the first c weights
-        vals = (weights[age] / np.sqrt(np.repeat(norm[count], count))).astype(np.float32)
+        table = np.zeros((width + 1, 1 << bits), dtype=np.float32)
+        table[:, :width] = (weights[None, :] / np.sqrt(norm[:, None])).astype(np.float32)
+        flat = keys[valid]
+        del keys
+        cols = self.offset + (flat >> bits)
+        vals = table[np.repeat(count, count), flat & ((1 << bits) - 1)]
         dtype = np.int32 if self.dim < 2**31 else np.int64
         matrix = sp.csr_matrix((vals, cols.astype(dtype), indptr), shape=(len(users), self.dim))
-        matrix.sort_indices()
+        matrix.has_sorted_indices = True
         if self.decay == 0.0:
             matrix.eliminate_zeros()
         return matrix
