@@ -554,6 +554,13 @@ def _encode_streams(rows: _Rows, lay: _Layout) -> np.ndarray:
 _NUMBA_MIN_ITEMS = 1 << 21
 _NUMBA_MIN_ITEMS_LOADED = 1 << 16  # when numba is already imported
 _numba_kernel: Any = None  # None: not tried yet; False: unavailable
+# Rows + values written so far by this process: a process that writes many small chunks (the
+# processing step: ~100 M in chunks of < 1 M) also pays the kernel's load back once it has written
+# _NUMBA_MIN_ITEMS. Only for the package module, whose numba cache (in its __pycache__) stays warm
+# from run to run: a copy of this file (``recpipe_recordio.py`` in a fresh code directory of each
+# processing job) would compile the kernel every run (seconds), so it keeps the per-write rule.
+_items_written = 0
+_CUMULATIVE = __name__ == "recpipe.formats.recordio"
 
 
 def _encode_kernel_py(
@@ -736,18 +743,23 @@ def _encode_kernel_py(
     return out
 
 
+def _numba_module() -> Any:
+    """The numba module, or None when it is not installed (or RECPIPE_NUMBA=0)."""
+    if os.environ.get("RECPIPE_NUMBA", "1") != "0":
+        try:
+            import numba
+        except ImportError:
+            return None
+        return numba
+    return None
+
+
 def _numba_encoder() -> Any:
     """The compiled kernel, or None when numba is not installed (or RECPIPE_NUMBA=0)."""
     global _numba_kernel
     if _numba_kernel is None:
-        _numba_kernel = False
-        if os.environ.get("RECPIPE_NUMBA", "1") != "0":
-            try:
-                import numba
-            except ImportError:
-                pass
-            else:
-                _numba_kernel = numba.njit(cache=True, nogil=True)(_encode_kernel_py)
+        numba = _numba_module()
+        _numba_kernel = False if numba is None else numba.njit(cache=True, nogil=True)(_encode_kernel_py)
     return _numba_kernel or None
 
 
@@ -859,14 +871,18 @@ _USE_NUMBA: bool | None = None
 
 
 def _write_rows(fileobj: IO[bytes], rows: _Rows) -> None:
+    global _items_written
     kernel = None
     items = rows.indptr.size + rows.values.size
     if _USE_NUMBA is None:
         ready = _numba_kernel or "numba" in sys.modules
         # Dense float rows use every slot byte: the numpy path copies them as fast as the kernel.
         dense_floats = rows.keys is None and rows.value_type != _I4
-        if not dense_floats and items >= (_NUMBA_MIN_ITEMS_LOADED if ready else _NUMBA_MIN_ITEMS):
-            kernel = _numba_encoder()
+        if not dense_floats:
+            _items_written += items
+            bulk = _CUMULATIVE and _items_written >= _NUMBA_MIN_ITEMS
+            if bulk or items >= (_NUMBA_MIN_ITEMS_LOADED if ready else _NUMBA_MIN_ITEMS):
+                kernel = _numba_encoder()
     elif _USE_NUMBA:
         kernel = _numba_encoder()
     for start, stop in _chunks(rows.indptr):
@@ -1510,10 +1526,255 @@ def _parse_slow(
     )
 
 
+# ---- optional numba reader kernel
+#
+# The SDK layout of _parse_fast_chunk in one compiled pass per file (no GIL held): values, keys and
+# labels of records of exactly that layout, with every record holding keys; anything else (dense
+# records, 10-byte varints, broken bytes) returns ok=False and the numpy parser decides, so results
+# and errors are those of the numpy path. Used when numba imports, for inputs of at least
+# _NUMBA_READ_MIN_BYTES (_NUMBA_READ_MIN_BYTES_LOADED once numba is imported).
+_NUMBA_READ_MIN_BYTES = 32 << 20
+_NUMBA_READ_MIN_BYTES_LOADED = 1 << 20
+_numba_parser: Any = None  # None: not tried yet; False: unavailable
+# None: by size as above; True/False: always/never (tests).
+_USE_NUMBA_READER: bool | None = None
+_ENTRY_HEAD = np.frombuffer(b"\x0a\x06values\x12", np.uint8)
+_LABEL_HEAD = np.frombuffer(b"\x12\x12\x0a\x06values\x12\x08\x12\x06\x0a\x04", np.uint8)
+
+
+def _parse_kernel_py(  # pragma: no cover - compiled by numba (run as Python in the tests)
+    buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, entry_head: np.ndarray, label_head: np.ndarray
+) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any, bool]:
+    """-> (ok, counts, value bytes, keys (int64), label bytes, n_cols or -1, labelled)."""
+    n = starts.size
+    counts = np.zeros(n, np.int64)
+    vstarts = np.zeros(n, np.int64)
+    kstarts = np.zeros(n, np.int64)
+    kends = np.zeros(n, np.int64)
+    label_pos = np.zeros(n, np.int64)
+    empty8 = np.zeros(0, np.uint8)
+    empty64 = np.zeros(0, np.int64)
+    n_cols = np.int64(-1)
+    labelled = -1
+    any_keys = False
+    size = buf.size
+    for r in range(n):
+        pos = starts[r]
+        end = pos + lens[r]
+        if end > size or pos >= end or buf[pos] != 0x0A:
+            return False, counts, empty8, empty64, empty8, -1, False
+        pos += 1
+        # Each varint: at most 9 bytes (values < 2**63) inside its bound, else not this layout.
+        entry_len = np.int64(0)
+        shift = 0
+        while True:
+            if pos >= end or shift > 56:
+                return False, counts, empty8, empty64, empty8, -1, False
+            b = buf[pos]
+            pos += 1
+            entry_len |= np.int64(b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        entry_end = pos + entry_len
+        if pos + entry_head.size > end:
+            return False, counts, empty8, empty64, empty8, -1, False
+        for j in range(entry_head.size):
+            if buf[pos + j] != entry_head[j]:
+                return False, counts, empty8, empty64, empty8, -1, False
+        pos += entry_head.size
+        value_len = np.int64(0)
+        shift = 0
+        while True:
+            if pos >= end or shift > 56:
+                return False, counts, empty8, empty64, empty8, -1, False
+            b = buf[pos]
+            pos += 1
+            value_len |= np.int64(b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        value_end = pos + value_len
+        if pos >= end or buf[pos] != 0x12:
+            return False, counts, empty8, empty64, empty8, -1, False
+        pos += 1
+        tensor_len = np.int64(0)
+        shift = 0
+        while True:
+            if pos >= end or shift > 56:
+                return False, counts, empty8, empty64, empty8, -1, False
+            b = buf[pos]
+            pos += 1
+            tensor_len |= np.int64(b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        tensor_end = pos + tensor_len
+        if tensor_end != value_end or value_end != entry_end or entry_end > end:
+            return False, counts, empty8, empty64, empty8, -1, False
+        vb = np.int64(0)
+        vstart = pos
+        if pos < tensor_end and buf[pos] == 0x0A:
+            pos += 1
+            shift = 0
+            while True:
+                if pos >= tensor_end or shift > 56:
+                    return False, counts, empty8, empty64, empty8, -1, False
+                b = buf[pos]
+                pos += 1
+                vb |= np.int64(b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            vstart = pos
+            pos += vb
+        kb = np.int64(0)
+        kstart = pos
+        if pos < tensor_end and buf[pos] == 0x12:
+            pos += 1
+            shift = 0
+            while True:
+                if pos >= tensor_end or shift > 56:
+                    return False, counts, empty8, empty64, empty8, -1, False
+                b = buf[pos]
+                pos += 1
+                kb |= np.int64(b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            kstart = pos
+            pos += kb
+            any_keys = True
+        elif vb > 0:  # values without keys: a dense record (the numpy parser's case)
+            return False, counts, empty8, empty64, empty8, -1, False
+        if pos < tensor_end and buf[pos] == 0x1A:
+            pos += 1
+            sb = np.int64(0)
+            shift = 0
+            while True:
+                if pos >= tensor_end or shift > 56:
+                    return False, counts, empty8, empty64, empty8, -1, False
+                b = buf[pos]
+                pos += 1
+                sb |= np.int64(b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            shape_end = pos + sb
+            dim = np.int64(0)
+            shift = 0
+            while True:
+                if pos >= shape_end or shift > 56:
+                    return False, counts, empty8, empty64, empty8, -1, False
+                b = buf[pos]
+                pos += 1
+                dim |= np.int64(b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            if pos != shape_end or (n_cols != -1 and dim != n_cols):
+                return False, counts, empty8, empty64, empty8, -1, False
+            n_cols = dim
+        if pos != tensor_end or vb % 4 != 0:
+            return False, counts, empty8, empty64, empty8, -1, False
+        has_label = 0
+        if pos < end:
+            if end - pos != label_head.size + 4:
+                return False, counts, empty8, empty64, empty8, -1, False
+            for j in range(label_head.size):
+                if buf[pos + j] != label_head[j]:
+                    return False, counts, empty8, empty64, empty8, -1, False
+            label_pos[r] = pos + label_head.size
+            has_label = 1
+        if labelled != -1 and has_label != labelled:
+            return False, counts, empty8, empty64, empty8, -1, False
+        labelled = has_label
+        counts[r] = vb // 4
+        vstarts[r] = vstart
+        kstarts[r] = kstart
+        kends[r] = kstart + kb
+    if not any_keys:  # (no record holds keys: keys is None in the numpy parser's result)
+        return False, counts, empty8, empty64, empty8, -1, False
+    total = 0
+    for r in range(n):
+        total += counts[r]
+    values = np.empty(4 * total, np.uint8)
+    keys = np.empty(total, np.int64)
+    labels = np.empty(4 * n if labelled == 1 else 0, np.uint8)
+    out = 0
+    for r in range(n):
+        count = counts[r]
+        src = vstarts[r]
+        values[4 * out : 4 * (out + count)] = buf[src : src + 4 * count]
+        pos = kstarts[r]
+        kend = kends[r]
+        k = 0
+        while pos < kend:
+            key = np.int64(0)
+            shift = 0
+            while True:
+                if pos >= kend or shift > 56:
+                    return False, counts, empty8, empty64, empty8, -1, False
+                b = buf[pos]
+                pos += 1
+                key |= np.int64(b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            if k >= count:
+                return False, counts, empty8, empty64, empty8, -1, False
+            keys[out + k] = key
+            k += 1
+        if k != count:
+            return False, counts, empty8, empty64, empty8, -1, False
+        if labelled == 1:
+            for j in range(4):
+                labels[4 * r + j] = buf[label_pos[r] + j]
+        out += count
+    return True, counts, values, keys, labels, n_cols, labelled == 1
+
+
+def _numba_reader(size: int) -> Any:
+    """The compiled parser when it is wanted for an input of ``size`` bytes, else None."""
+    global _numba_parser
+    if _USE_NUMBA_READER is None:
+        ready = _numba_parser or "numba" in sys.modules
+        if size < (_NUMBA_READ_MIN_BYTES_LOADED if ready else _NUMBA_READ_MIN_BYTES):
+            return None
+    elif not _USE_NUMBA_READER:
+        return None
+    if _numba_parser is None:
+        numba = _numba_module()
+        _numba_parser = False if numba is None else numba.njit(cache=True, nogil=True)(_parse_kernel_py)
+    return _numba_parser or None
+
+
+def _parse_compiled(kernel: Any, buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Parsed | None:
+    """_parse_fast's result from the kernel, or None when the records need the numpy parser."""
+    if starts.size == 0:
+        return None
+    ok, counts, values, keys, labels, n_cols, labelled = kernel(buf, starts, lens, _ENTRY_HEAD, _LABEL_HEAD)
+    if not ok:
+        return None
+    return _Parsed(
+        counts=counts,
+        values=values.view("<f4"),
+        keys=keys.view(np.uint64),
+        n_cols=None if n_cols < 0 else int(n_cols),
+        labels=labels.view("<f4") if labelled else None,
+    )
+
+
 def _parse(source: Source) -> tuple[_Parsed, np.ndarray, str]:
     buf, name = _load(source)
     starts, lens, joined = _frames(buf, name)
-    parsed = None if joined else _parse_fast(buf, starts, lens)
+    parsed = None
+    if not joined:
+        kernel = _numba_reader(buf.size)
+        if kernel is not None:
+            parsed = _parse_compiled(kernel, buf, starts, lens)
+        if parsed is None:
+            parsed = _parse_fast(buf, starts, lens)
     if parsed is None:
         parsed = _parse_slow(buf, starts, lens, joined, name)
     return parsed, starts, name

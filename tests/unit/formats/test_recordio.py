@@ -320,6 +320,8 @@ def test_auto_mode_keeps_small_and_dense_writes_on_numpy(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(recordio, "_USE_NUMBA", None)
     monkeypatch.setattr(recordio, "_numba_encoder", no_kernel)
+    monkeypatch.setattr(recordio, "_items_written", 0)
+    monkeypatch.setattr(recordio, "_CUMULATIVE", False)
     monkeypatch.setattr(recordio, "_NUMBA_MIN_ITEMS", 100)
     monkeypatch.setattr(recordio, "_NUMBA_MIN_ITEMS_LOADED", 100)
     rng = np.random.default_rng(10)
@@ -327,3 +329,150 @@ def test_auto_mode_keeps_small_and_dense_writes_on_numpy(monkeypatch: pytest.Mon
     recordio.write_sparse(io.BytesIO(), _random_csr(rng, 5, 10, 3))  # below the threshold
     with pytest.raises(AssertionError, match="numba kernel"):
         recordio.write_sparse(io.BytesIO(), _random_csr(rng, 50, 10, 5))
+
+
+def test_auto_mode_loads_the_kernel_once_a_process_has_written_enough(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many small writes (the processing step's chunks) add up to the bulk threshold."""
+    asked: list[int] = []
+
+    def no_kernel() -> None:
+        asked.append(1)
+
+    monkeypatch.setattr(recordio, "_USE_NUMBA", None)
+    monkeypatch.setattr(recordio, "_numba_encoder", no_kernel)
+    monkeypatch.setattr(recordio, "_numba_kernel", None)
+    monkeypatch.setitem(sys.modules, "numba", None)  # (not "loaded": the per-write rule stays high)
+    monkeypatch.setattr(recordio, "_items_written", 0)
+    monkeypatch.setattr(recordio, "_NUMBA_MIN_ITEMS", 100)
+    rng = np.random.default_rng(11)
+    matrix = _random_csr(rng, 8, 10, 3)  # ~20 items a write
+    for cumulative, expected in ((False, 0), (True, 1)):
+        monkeypatch.setattr(recordio, "_CUMULATIVE", cumulative)
+        monkeypatch.setattr(recordio, "_items_written", 0)
+        asked.clear()
+        for _ in range(3):
+            recordio.write_sparse(io.BytesIO(), matrix)
+        assert asked == []
+        for _ in range(10):
+            recordio.write_sparse(io.BytesIO(), matrix)
+        assert (len(asked) > 0) == bool(expected)
+
+
+# ---- reader: the numpy parser and the optional numba kernel give the same results
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with each reader: the numpy parser and the optional numba kernel."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setattr(recordio, "_USE_NUMBA_READER", request.param == "numba")
+    return str(request.param)
+
+
+def _same(a: tuple[sp.csr_matrix, np.ndarray | None], b: tuple[sp.csr_matrix, np.ndarray | None]) -> None:
+    (ma, ya), (mb, yb) = a, b
+    assert ma.shape == mb.shape and ma.dtype == mb.dtype and ma.indices.dtype == mb.indices.dtype
+    np.testing.assert_array_equal(ma.indptr, mb.indptr)
+    np.testing.assert_array_equal(ma.indices, mb.indices)
+    np.testing.assert_array_equal(ma.data.view(np.uint32), mb.data.view(np.uint32))  # bit for bit
+    assert (ya is None) == (yb is None)
+    if ya is not None and yb is not None:
+        assert ya.dtype == yb.dtype
+        np.testing.assert_array_equal(ya.view(np.uint32), yb.view(np.uint32))
+
+
+def _read_numpy(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    with monkeypatch.context() as m:
+        m.setattr(recordio, "_USE_NUMBA_READER", False)
+        return recordio.read_sparse(data)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("n", "cols", "max_nnz"), SHAPES)
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_reader_paths_agree(seed: int, n: int, cols: int, max_nnz: int, with_labels: bool, reader: str,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(seed)
+    matrix = _random_csr(rng, n, cols, max_nnz)
+    labels = rng.normal(size=n).astype(np.float32) if with_labels else None
+    data = _sdk_sparse(matrix, labels)
+    got = recordio.read_sparse(data)
+    _same(got, _read_numpy(data, monkeypatch))
+    assert (got[0] != matrix).nnz == 0
+
+
+def test_reader_kernel_as_plain_python_matches_numpy_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numba kernel's source is ordinary Python: run it uncompiled against the numpy parser."""
+    rng = np.random.default_rng(12)
+    matrix = _random_csr(rng, 30, 3_000_000, 12)  # keys of up to 4 varint bytes, empty rows
+    for labels in (rng.normal(size=30).astype(np.float32), None):
+        data = _sdk_sparse(matrix, labels)
+        buf = np.frombuffer(data, np.uint8)
+        starts, lens, _ = recordio._frames(buf, "input")
+        parsed = recordio._parse_compiled(recordio._parse_kernel_py, buf, starts, lens)
+        assert parsed is not None
+        expected = recordio._parse_fast(buf, starts, lens)
+        assert expected is not None and expected.keys is not None and parsed.keys is not None
+        np.testing.assert_array_equal(parsed.counts, expected.counts)
+        np.testing.assert_array_equal(parsed.values.view(np.uint32), expected.values.view(np.uint32))
+        np.testing.assert_array_equal(parsed.keys, expected.keys)
+        assert parsed.keys.dtype == expected.keys.dtype and parsed.n_cols == expected.n_cols == 3_000_000
+        if labels is None:
+            assert parsed.labels is None and expected.labels is None
+        else:
+            assert parsed.labels is not None
+            np.testing.assert_array_equal(parsed.labels, labels)
+
+
+def test_reader_kernel_declines_what_it_does_not_parse() -> None:
+    """Dense records, mixed labels, shapes that differ, broken bytes: ok=False (numpy decides)."""
+    dense = io.BytesIO()
+    recordio.write_dense(dense, np.ones((3, 4), np.float32))
+    a = _sdk_sparse(sp.csr_matrix(np.array([[0, 1.5, 0]], np.float32)), np.ones(1, np.float32))
+    b = _sdk_sparse(sp.csr_matrix(np.array([[2.0, 0, 0]], np.float32)), None)
+    c = _sdk_sparse(sp.csr_matrix(np.array([[2.0, 0, 0, 0]], np.float32)), np.ones(1, np.float32))
+    for data in (dense.getvalue(), a + b, a + c, a.replace(b"values", b"valuez", 1)):
+        buf = np.frombuffer(data, np.uint8)
+        starts, lens = recordio._frames(buf, "input")[:2]
+        assert recordio._parse_compiled(recordio._parse_kernel_py, buf, starts, lens) is None
+
+
+def test_reader_falls_back_to_numpy_with_the_same_results_and_errors(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dense = io.BytesIO()
+    recordio.write_dense(dense, np.arange(12, dtype=np.float32).reshape(3, 4), np.ones(3, np.float32))
+    _same(recordio.read_sparse(dense.getvalue()), _read_numpy(dense.getvalue(), monkeypatch))
+    a = _sdk_sparse(sp.csr_matrix(np.array([[0, 1.5, 0]], np.float32)), np.ones(1, np.float32))
+    b = _sdk_sparse(sp.csr_matrix(np.array([[2.0, 0, 0]], np.float32)), None)
+    with pytest.raises(RecordIOError):
+        _read_numpy(a + b, monkeypatch)
+    with pytest.raises(RecordIOError):
+        recordio.read_sparse(a + b)
+    with pytest.raises(RecordIOError, match=r"wrong magic 0x00000000 at byte \d+"):
+        recordio.read_sparse(_good() + b"\0" * 8)
+
+
+def test_reader_auto_mode_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+
+    def fake_kernel(*args: object) -> tuple[object, ...]:
+        asked.append(1)
+        return recordio._parse_kernel_py(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recordio, "_USE_NUMBA_READER", None)
+    monkeypatch.setattr(recordio, "_numba_parser", fake_kernel)
+    monkeypatch.setattr(recordio, "_NUMBA_READ_MIN_BYTES_LOADED", 1000)
+    small = _good()
+    big = _ours_sparse(_random_csr(np.random.default_rng(13), 200, 50, 10), None)
+    assert len(small) < 1000 < len(big)
+    recordio.read_sparse(small)
+    assert asked == []
+    _same(recordio.read_sparse(big), _read_numpy(big, monkeypatch))
+    assert asked == [1]
+    monkeypatch.setattr(recordio, "_numba_parser", False)  # numba not installed: numpy
+    recordio.read_sparse(big)
+    assert asked == [1]
