@@ -563,6 +563,27 @@ _items_written = 0
 _CUMULATIVE = __name__ == "recpipe.formats.recordio"
 
 
+# Helpers of the kernels (plain Python; _numba_module registers them with numba, which compiles them
+# into the kernels that call them).
+def _varint_size(x: Any) -> Any:  # pragma: no cover - compiled by numba (run as Python in the tests)
+    """Bytes of the varint of ``x`` >= 0."""
+    length = 1
+    while x >= 128:
+        x >>= 7
+        length += 1
+    return length
+
+
+def _put_varint(out: np.ndarray, p: Any, x: Any) -> Any:  # pragma: no cover - compiled by numba
+    """Writes the varint of ``x`` >= 0 at ``out[p]``; returns the position after it."""
+    while x >= 128:
+        out[p] = (x & 0x7F) | 0x80
+        x >>= 7
+        p += 1
+    out[p] = x
+    return p + 1
+
+
 def _encode_kernel_py(
     indptr: np.ndarray,
     keys: np.ndarray,
@@ -594,38 +615,19 @@ def _encode_kernel_py(
                 if v < 0:
                     vb += 10
                 else:
-                    vb += 1
-                    while v >= 128:
-                        v >>= 7
-                        vb += 1
+                    vb += _varint_size(v)
         kb = 0
         if has_keys:
             for j in range(a, b):
-                v = keys[j]
-                kb += 1
-                while v >= 128:
-                    v >>= 7
-                    kb += 1
+                kb += _varint_size(keys[j])
         tensor = shape_field.size
         if b > a:
-            x, length = vb, 1
-            while x >= 128:
-                x >>= 7
-                length += 1
-            tensor += 1 + length + vb
+            tensor += 1 + _varint_size(vb) + vb
             if has_keys:
-                x, length = kb, 1
-                while x >= 128:
-                    x >>= 7
-                    length += 1
-                tensor += 1 + length + kb
+                tensor += 1 + _varint_size(kb) + kb
         size = tensor
         for extra in (1, 9, 1):  # Value (tag), map entry (key "values", tag), Record (tag)
-            x, length = size, 1
-            while x >= 128:
-                x >>= 7
-                length += 1
-            size += extra + length
+            size += extra + _varint_size(size)
         record = size + label_lens[i]
         vbs[i], kbs[i], tensors[i], records[i] = vb, kb, tensor, record
         total += 8 + ((record + 3) & ~3)
@@ -643,56 +645,22 @@ def _encode_kernel_py(
             out[p + 4 + j] = (record >> (8 * j)) & 0xFF
         p += 8
         tensor = tensors[i]
-        value = tensor
-        x, length = value, 1
-        while x >= 128:
-            x >>= 7
-            length += 1
-        value += 1 + length
-        entry = value
-        x, length = entry, 1
-        while x >= 128:
-            x >>= 7
-            length += 1
-        entry += 9 + length
+        value = tensor + 1 + _varint_size(tensor)
+        entry = value + 9 + _varint_size(value)
         out[p] = 0x0A
         p += 1
-        x = entry
-        while x >= 128:
-            out[p] = (x & 0x7F) | 0x80
-            x >>= 7
-            p += 1
-        out[p] = x
-        p += 1
+        p = _put_varint(out, p, entry)
         for c in (0x0A, 0x06, 0x76, 0x61, 0x6C, 0x75, 0x65, 0x73, 0x12):  # 1:"values", 2:{
             out[p] = c
             p += 1
-        x = value
-        while x >= 128:
-            out[p] = (x & 0x7F) | 0x80
-            x >>= 7
-            p += 1
-        out[p] = x
-        p += 1
+        p = _put_varint(out, p, value)
         out[p] = tag
         p += 1
-        x = tensor
-        while x >= 128:
-            out[p] = (x & 0x7F) | 0x80
-            x >>= 7
-            p += 1
-        out[p] = x
-        p += 1
+        p = _put_varint(out, p, tensor)
         if b > a:
             out[p] = 0x0A
             p += 1
-            x = vbs[i]
-            while x >= 128:
-                out[p] = (x & 0x7F) | 0x80
-                x >>= 7
-                p += 1
-            out[p] = x
-            p += 1
+            p = _put_varint(out, p, vbs[i])
             if vsize > 0:
                 for j in range(a * vsize, b * vsize):
                     out[p] = vraw[j]
@@ -707,30 +675,13 @@ def _encode_kernel_py(
                         out[p] = 1
                         p += 1
                     else:
-                        while v >= 128:
-                            out[p] = (v & 0x7F) | 0x80
-                            v >>= 7
-                            p += 1
-                        out[p] = v
-                        p += 1
+                        p = _put_varint(out, p, v)
             if has_keys:
                 out[p] = 0x12
                 p += 1
-                x = kbs[i]
-                while x >= 128:
-                    out[p] = (x & 0x7F) | 0x80
-                    x >>= 7
-                    p += 1
-                out[p] = x
-                p += 1
+                p = _put_varint(out, p, kbs[i])
                 for j in range(a, b):
-                    v = keys[j]
-                    while v >= 128:
-                        out[p] = (v & 0x7F) | 0x80
-                        v >>= 7
-                        p += 1
-                    out[p] = v
-                    p += 1
+                    p = _put_varint(out, p, keys[j])
         for j in range(shape_field.size):
             out[p] = shape_field[j]
             p += 1
@@ -743,13 +694,22 @@ def _encode_kernel_py(
     return out
 
 
+_kernel_helpers_registered = False
+
+
 def _numba_module() -> Any:
-    """The numba module, or None when it is not installed (or RECPIPE_NUMBA=0)."""
+    """The numba module, or None when it is not installed (or RECPIPE_NUMBA=0); the kernels'
+    helpers are registered with it (once) so that the compiled kernels can call them."""
+    global _kernel_helpers_registered
     if os.environ.get("RECPIPE_NUMBA", "1") != "0":
         try:
             import numba
         except ImportError:
             return None
+        if not _kernel_helpers_registered:
+            for helper in (_varint_size, _put_varint, _read_varint):
+                numba.extending.register_jitable(helper)
+            _kernel_helpers_registered = True
         return numba
     return None
 
@@ -1542,6 +1502,22 @@ _ENTRY_HEAD = np.frombuffer(b"\x0a\x06values\x12", np.uint8)
 _LABEL_HEAD = np.frombuffer(b"\x12\x12\x0a\x06values\x12\x08\x12\x06\x0a\x04", np.uint8)
 
 
+def _read_varint(buf: np.ndarray, pos: Any, end: Any) -> tuple[Any, Any, bool]:  # pragma: no cover - numba
+    """-> (value, position after it, ok) of the varint at ``buf[pos]``: ok=False unless it ends
+    before ``end`` in at most 9 bytes (values < 2**63)."""
+    value = np.int64(0)
+    shift = 0
+    while True:
+        if pos >= end or shift > 56:
+            return value, pos, False
+        b = buf[pos]
+        pos += 1
+        value |= np.int64(b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, pos, True
+
+
 def _parse_kernel_py(  # pragma: no cover - compiled by numba (run as Python in the tests)
     buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, entry_head: np.ndarray, label_head: np.ndarray
 ) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any, bool]:
@@ -1565,17 +1541,9 @@ def _parse_kernel_py(  # pragma: no cover - compiled by numba (run as Python in 
             return False, counts, empty8, empty64, empty8, -1, False
         pos += 1
         # Each varint: at most 9 bytes (values < 2**63) inside its bound, else not this layout.
-        entry_len = np.int64(0)
-        shift = 0
-        while True:
-            if pos >= end or shift > 56:
-                return False, counts, empty8, empty64, empty8, -1, False
-            b = buf[pos]
-            pos += 1
-            entry_len |= np.int64(b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        entry_len, pos, ok = _read_varint(buf, pos, end)
+        if not ok:
+            return False, counts, empty8, empty64, empty8, -1, False
         entry_end = pos + entry_len
         if pos + entry_head.size > end:
             return False, counts, empty8, empty64, empty8, -1, False
@@ -1583,32 +1551,16 @@ def _parse_kernel_py(  # pragma: no cover - compiled by numba (run as Python in 
             if buf[pos + j] != entry_head[j]:
                 return False, counts, empty8, empty64, empty8, -1, False
         pos += entry_head.size
-        value_len = np.int64(0)
-        shift = 0
-        while True:
-            if pos >= end or shift > 56:
-                return False, counts, empty8, empty64, empty8, -1, False
-            b = buf[pos]
-            pos += 1
-            value_len |= np.int64(b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        value_len, pos, ok = _read_varint(buf, pos, end)
+        if not ok:
+            return False, counts, empty8, empty64, empty8, -1, False
         value_end = pos + value_len
         if pos >= end or buf[pos] != 0x12:
             return False, counts, empty8, empty64, empty8, -1, False
         pos += 1
-        tensor_len = np.int64(0)
-        shift = 0
-        while True:
-            if pos >= end or shift > 56:
-                return False, counts, empty8, empty64, empty8, -1, False
-            b = buf[pos]
-            pos += 1
-            tensor_len |= np.int64(b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        tensor_len, pos, ok = _read_varint(buf, pos, end)
+        if not ok:
+            return False, counts, empty8, empty64, empty8, -1, False
         tensor_end = pos + tensor_len
         if tensor_end != value_end or value_end != entry_end or entry_end > end:
             return False, counts, empty8, empty64, empty8, -1, False
@@ -1616,32 +1568,18 @@ def _parse_kernel_py(  # pragma: no cover - compiled by numba (run as Python in 
         vstart = pos
         if pos < tensor_end and buf[pos] == 0x0A:
             pos += 1
-            shift = 0
-            while True:
-                if pos >= tensor_end or shift > 56:
-                    return False, counts, empty8, empty64, empty8, -1, False
-                b = buf[pos]
-                pos += 1
-                vb |= np.int64(b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            vb, pos, ok = _read_varint(buf, pos, tensor_end)
+            if not ok:
+                return False, counts, empty8, empty64, empty8, -1, False
             vstart = pos
             pos += vb
         kb = np.int64(0)
         kstart = pos
         if pos < tensor_end and buf[pos] == 0x12:
             pos += 1
-            shift = 0
-            while True:
-                if pos >= tensor_end or shift > 56:
-                    return False, counts, empty8, empty64, empty8, -1, False
-                b = buf[pos]
-                pos += 1
-                kb |= np.int64(b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            kb, pos, ok = _read_varint(buf, pos, tensor_end)
+            if not ok:
+                return False, counts, empty8, empty64, empty8, -1, False
             kstart = pos
             pos += kb
             any_keys = True
@@ -1649,29 +1587,13 @@ def _parse_kernel_py(  # pragma: no cover - compiled by numba (run as Python in 
             return False, counts, empty8, empty64, empty8, -1, False
         if pos < tensor_end and buf[pos] == 0x1A:
             pos += 1
-            sb = np.int64(0)
-            shift = 0
-            while True:
-                if pos >= tensor_end or shift > 56:
-                    return False, counts, empty8, empty64, empty8, -1, False
-                b = buf[pos]
-                pos += 1
-                sb |= np.int64(b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            sb, pos, ok = _read_varint(buf, pos, tensor_end)
+            if not ok:
+                return False, counts, empty8, empty64, empty8, -1, False
             shape_end = pos + sb
-            dim = np.int64(0)
-            shift = 0
-            while True:
-                if pos >= shape_end or shift > 56:
-                    return False, counts, empty8, empty64, empty8, -1, False
-                b = buf[pos]
-                pos += 1
-                dim |= np.int64(b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            dim, pos, ok = _read_varint(buf, pos, shape_end)
+            if not ok:
+                return False, counts, empty8, empty64, empty8, -1, False
             if pos != shape_end or (n_cols != -1 and dim != n_cols):
                 return False, counts, empty8, empty64, empty8, -1, False
             n_cols = dim
@@ -1710,17 +1632,9 @@ def _parse_kernel_py(  # pragma: no cover - compiled by numba (run as Python in 
         kend = kends[r]
         k = 0
         while pos < kend:
-            key = np.int64(0)
-            shift = 0
-            while True:
-                if pos >= kend or shift > 56:
-                    return False, counts, empty8, empty64, empty8, -1, False
-                b = buf[pos]
-                pos += 1
-                key |= np.int64(b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            key, pos, ok = _read_varint(buf, pos, kend)
+            if not ok:
+                return False, counts, empty8, empty64, empty8, -1, False
             if k >= count:
                 return False, counts, empty8, empty64, empty8, -1, False
             keys[out + k] = key
