@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,26 +193,32 @@ def function_code_files(project_root: Path) -> dict[str, Path]:
     return files
 
 
-def stage_function_code(project_root: Path, cache_dir: Path) -> Path:
-    """Copy the function code into ``<cache_dir>/lambda-src/<content hash>`` (reused when unchanged)."""
-    files = function_code_files(project_root)
-    contents = {rel: src.read_bytes() for rel, src in files.items()}
-    target = cache_dir / "lambda-src" / _hash_files(contents.items(), _BUNDLER_VERSION)
-    if not (target / ".complete").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="tmp-", dir=target.parent))
+def stage_tree(contents: Mapping[str, bytes], parent: Path, *extra: str) -> Path:
+    """Write ``{relative path: bytes}`` to ``<parent>/<content hash>`` once and return that directory.
+
+    The directory appears whole or not at all (built aside, then renamed), so its existence means it
+    is complete; ``extra`` strings join the hash (e.g. a bundler version).
+    """
+    target = parent / _hash_files(contents.items(), *extra)
+    if not target.exists():
+        parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="tmp-", dir=parent))
         try:
             for rel, content in contents.items():
                 (work / rel).parent.mkdir(parents=True, exist_ok=True)
                 (work / rel).write_bytes(content)
-            (work / ".complete").touch()
-            if target.exists():
-                shutil.rmtree(target)
             os.replace(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return target
 
 
+def stage_function_code(project_root: Path, cache_dir: Path) -> Path:
+    """Copy the function code into ``<cache_dir>/lambda-src/<content hash>`` (reused when unchanged)."""
+    files = function_code_files(project_root)
+    contents = {rel: src.read_bytes() for rel, src in files.items()}
+    return stage_tree(contents, cache_dir / "lambda-src", _BUNDLER_VERSION)
+
+
 def function_code(staged: Path) -> lambda_.Code:
-    return lambda_.Code.from_asset(str(staged), exclude=[".complete"])
+    return lambda_.Code.from_asset(str(staged))

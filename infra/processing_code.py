@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +9,7 @@ from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
 
 from infra.exceptions import BundlingError
+from infra.lambda_bundling import stage_tree
 from infra.nag import acknowledge, acknowledge_key_grant, logical_id, resource_finding
 from infra.storage import PROCESSING_CODE_PREFIX, DataBucket
 
@@ -28,21 +25,7 @@ def stage_files(files: Mapping[str, Path], cache_dir: Path) -> Path:
         if not Path(source).is_file():
             raise BundlingError(f"The processing code file {source} (for {name!r}) does not exist.")
         contents[name] = Path(source).read_bytes()
-    digest = hashlib.sha256()
-    for name, content in contents.items():
-        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
-    target = cache_dir / "processing-code" / digest.hexdigest()[:32]
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="tmp-", dir=target.parent))
-        try:
-            for name, content in contents.items():
-                (work / name).parent.mkdir(parents=True, exist_ok=True)
-                (work / name).write_bytes(content)
-            os.replace(work, target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return target
+    return stage_tree(contents, cache_dir / "processing-code")
 
 
 class ProcessingCode(Construct):
