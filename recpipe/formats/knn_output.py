@@ -35,18 +35,16 @@ the publish Lambda):
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from recpipe.formats._source import Source, read_source
 from recpipe.formats.exceptions import KnnOutputError
 
 __all__ = ["read_verbose_jsonlines", "write_verbose_jsonlines"]
 
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
 _BLOCK_LINES = 4096  # lines per block (reader and writer)
 _BLOCK_BYTES = 1 << 19  # and at most about this many bytes per block (reader): arrays stay in cache
@@ -332,21 +330,6 @@ _CLASS_TABLE = _CLASS.tobytes()
 # newline. The fields may come in any order; a block is read fast when all its lines share one.
 _KEYS = {b'"predicted_label"': "predicted", b'"labels"': "labels", b'"distances"': "distances"}
 _TO_SPACE = bytes.maketrans(b',[]{}:"\n\r\t', b" " * 10)
-
-
-def _read_bytes(source: Source) -> tuple[bytes, str]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            return path.read_bytes(), f"'{path}'"
-        except OSError as e:
-            raise KnnOutputError(f"Cannot read k-NN output '{path}': {e}") from e
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "input"
-    if hasattr(source, "read"):
-        name = getattr(source, "name", None)
-        return source.read(), f"'{name}'" if isinstance(name, str) else "input"
-    raise KnnOutputError(f"Expected a path, bytes or a binary file object, got {type(source).__name__}.")
 
 
 def _block_fast(block: bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -788,7 +771,7 @@ def read_verbose_jsonlines(source: Source) -> tuple[np.ndarray, np.ndarray]:
     ``source``: path, bytes or binary file. Blank lines at the end are ignored; rows shorter than
     the longest are padded with -1 / nan. Raises ``KnnOutputError`` naming the line number.
     """
-    data, name = _read_bytes(source)
+    data, name = read_source(source, "k-NN output", KnnOutputError)
     parts = []
     for start, stop, first_line in _blocks(data):
         block = bytearray(memoryview(data)[start:stop])

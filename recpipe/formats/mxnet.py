@@ -17,14 +17,13 @@ and unknown type flags raise ``MXNetFormatError`` naming what was found and its 
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from recpipe.formats._source import Source, read_source
 from recpipe.formats.exceptions import MXNetFormatError
 
 __all__ = ["LIST_MAGIC", "NDARRAY_V2_MAGIC", "NDARRAY_V3_MAGIC", "load_params", "save_params"]
@@ -53,7 +52,6 @@ _FLAGS = {dtype: flag for flag, dtype in _DTYPES.items()}
 _STORAGE = {0: "default (dense)", 1: "row_sparse", 2: "csr"}
 _CPU = (1, 0)  # Context: dev_type kCPU, dev_id 0
 
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
 
 class _Stream:
@@ -75,21 +73,6 @@ class _Stream:
         st = struct.Struct("<" + fmt)
         values = st.unpack(self.take(st.size, what))
         return values[0] if len(values) == 1 else values
-
-
-def _read_source(source: Source) -> tuple[bytes, str]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            return path.read_bytes(), f"'{path}'"
-        except OSError as e:
-            raise MXNetFormatError(f"Cannot read MXNet params '{path}': {e}") from e
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "input"
-    if hasattr(source, "read"):
-        name = getattr(source, "name", None)
-        return source.read(), f"'{name}'" if isinstance(name, str) else "input"
-    raise MXNetFormatError(f"Expected a path, bytes or a binary file object, got {type(source).__name__}.")
 
 
 def _read_array(s: _Stream, index: int) -> np.ndarray:
@@ -133,7 +116,7 @@ def load_params(source: Source) -> dict[str, np.ndarray]:
     ``source`` is a path, bytes or a binary file object. The whole input must be consumed:
     trailing bytes are an error. A file saved without names gets keys "0", "1", ...
     """
-    data, name = _read_source(source)
+    data, name = read_source(source, "MXNet params", MXNetFormatError)
     s = _Stream(data, name)
     header = s.unpack("Q", "header")
     if header != LIST_MAGIC:
