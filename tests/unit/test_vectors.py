@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from recpipe import vectors
+from tests.fixtures import FM
 
-FIXTURE = Path("/work/shared/fixtures/sagemaker-fm")
+FIXTURE = FM
 
 
 def fm_score_reference(x: np.ndarray, V: np.ndarray, w: np.ndarray, w0: float) -> float:

@@ -1,26 +1,24 @@
-"""Shared fixtures of the formats tests: the golden SageMaker artifacts under /work/shared."""
+"""Fixtures of the formats tests: the golden SageMaker artifacts in ``tests/fixtures``."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(os.environ.get("RECPIPE_SHARED_FIXTURES", "/work/shared/fixtures"))
+from tests.fixtures import FM, FM_ROWSPARSE, NTM_REAL
 
 
 @pytest.fixture(scope="session")
 def fm_fixture() -> Path:
-    path = FIXTURES / "sagemaker-fm"
-    if not (path / "model.tar.gz").exists():
-        pytest.skip(f"golden FM artifact not found under {path}")
-    return path
+    return FM
+
+
+@pytest.fixture(scope="session")
+def fm_rowsparse_fixture() -> Path:
+    return FM_ROWSPARSE
 
 
 @pytest.fixture(scope="session")
 def ntm_fixture() -> Path:
-    path = FIXTURES / "sagemaker-ntm-real" / "model.tar.gz"
-    if not path.exists():
-        pytest.skip(f"real NTM artifact not found at {path}")
-    return path
+    return NTM_REAL / "model.tar.gz"

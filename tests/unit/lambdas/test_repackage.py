@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -20,8 +19,9 @@ from recpipe import vectors
 from recpipe.formats import recordio
 from recpipe.formats.fm_model import save_fm_model
 from recpipe.lambda_errors import InputError, NotFoundError, SchemaVersionError
+from tests.fixtures import FM
 
-FIXTURE = Path("/work/shared/fixtures/sagemaker-fm")
+FIXTURE = FM
 BUCKET = "recpipe-test"
 N_USERS, N_ITEMS, FEATURES = 7, 11, 18  # the fixture's sizes: user ids first, then item ids
 PROCESSED = "runs/r1/processed/"
