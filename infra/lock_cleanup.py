@@ -2,7 +2,7 @@
 
 An execution that is stopped (``ABORTED``) or ``TIMED_OUT`` ends at once, without running its Catch,
 so the state machine's failure path never releases the run lock, which would then block every run
-until it expires (48 h, ``lambdas.prepare.prepare.LOCK_TTL_SECONDS``). An EventBridge rule sends
+until it expires (48 h, ``recpipe.results.lock.LOCK_TTL_SECONDS``). An EventBridge rule sends
 those two status changes of this state machine to the Release function, which derives the run id
 from the execution name and deletes the lock only if that run owns it.
 

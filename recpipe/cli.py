@@ -636,9 +636,9 @@ def rollback(
     next successful run publishes and becomes active as usual. A run publishing at the same moment
     fails its pointer flip (PointerConflictError) rather than overwrite the rollback.
     """
-    from lambdas.publish.exceptions import PointerConflictError, VersionNotActivatableError
-    from lambdas.publish.publish import activate
     from recpipe.local import results
+    from recpipe.results.exceptions import PointerConflictError, VersionNotActivatableError
+    from recpipe.results.versions import activate
 
     with _open_table(workdir, dynamodb_endpoint, table, aws=aws, stack=stack, region=region) as target:
         pointer = results.active_pointer(target.ddb, target.table)
@@ -713,9 +713,9 @@ def unlock(
     it, and the two race to publish (the later pointer flip fails with PointerConflictError). The
     lock is deleted only if that same run still holds it.
     """
-    from lambdas.release.release import release_lock
     from recpipe.local import results
     from recpipe.remote.exceptions import RemoteError
+    from recpipe.results.lock import release_lock
 
     with _open_table(workdir, dynamodb_endpoint, table, aws=aws, stack=stack, region=region,
                      state_machine_arn=state_machine_arn, want_state_machine=True) as target:

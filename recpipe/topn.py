@@ -2,16 +2,15 @@
 
 What the service returns. The built-in k-NN's verbose output holds, per input record,
 ``labels`` (the training records' labels: here item indices, written by Repackage) and
-``distances``. AWS documents the verbose ``distances`` as "sorted from smallest to largest" without
-saying what they are per metric (docs: "k-NN Request and Response Formats", "k-NN
-Hyperparameters"); with ``index_metric=INNER_PRODUCT`` the index is a faiss inner-product index,
-whose search returns the raw inner products, larger = nearer. So for INNER_PRODUCT the "distance"
-is taken to be the score ``user . item`` (higher is better), which is what the local stand-in
-(``recpipe.algorithms.knn``) writes too, listed ascending as documented, i.e. the best match last;
-``higher_is_better=False`` covers a metric where smaller is nearer (L2). Either way the order the
-service lists neighbours in is never trusted: :func:`rank` sorts by score itself. Should the
-service ever report negated inner products, rankings would come out reversed; the Evaluate step's
-NDCG (and so the quality gate) is what would catch it.
+``distances``. AWS documents the verbose ``distances`` only as "sorted from smallest to largest",
+not what they hold for ``index_metric=INNER_PRODUCT`` (raw inner products? negated ones? docs:
+"k-NN Request and Response Formats", "k-NN Hyperparameters"). So Publish and Evaluate do not depend
+on them: :func:`rank_shard` takes the k-NN's candidate *labels* only and scores each candidate
+exactly from the stored vectors (:func:`exact_scores`: ``user . item``, the FM's score up to a
+per-user constant, :mod:`recpipe.vectors`; k dot products per user, float32), then ranks by that.
+The distances and the order the service lists neighbours in are never trusted. :func:`rank` is the
+ranking itself, for callers that already hold scores (``higher_is_better=False`` for a metric where
+smaller is nearer).
 
 Ranking (:func:`rank`), per user row:
 
@@ -25,12 +24,11 @@ Ranking (:func:`rank`), per user row:
 
 The transform output's lines map back to users through the user shard file names
 (:mod:`recpipe.vectors`): :func:`transform_parts` lists them and checks they tile all users;
-:func:`read_part` reads one and checks its record count. A consumer streams shard by shard::
+:func:`read_part` reads one and checks its record count. A consumer ranks one shard at a time::
 
-    for part in topn.transform_parts(s3, transform_output_uri, n_users):
-        labels, distances = topn.read_part(s3, part)
-        items, scores, n_topped_up = topn.rank(labels, distances, seen[part.start:part.stop], top_n,
-                                               popularity)
+    labels, _ = topn.read_part(s3, part)
+    items, scores, n_topped_up = topn.rank_shard(labels, shard_user_vectors, item_vectors,
+                                                 shard_seen, top_n, popularity)
 
 numpy and scipy only, plus an S3 client passed to :func:`transform_parts` and :func:`read_part`.
 """
@@ -47,7 +45,12 @@ import scipy.sparse as sp
 from recpipe import runs, vectors
 from recpipe.lambda_errors import InputError, NotFoundError
 
-__all__ = ["Ranked", "TransformPart", "popularity_order", "rank", "read_part", "transform_parts"]
+__all__ = ["Ranked", "TransformPart", "exact_scores", "popularity_order", "rank", "rank_shard", "read_part",
+           "transform_parts"]
+
+# Users scored per block in exact_scores: the gathered item vectors of a block take
+# SCORE_BLOCK x k x dim x 4 bytes (1,024 x 220 x 65 x 4 = 59 MB), whatever the shard size.
+SCORE_BLOCK = 1024
 
 
 class Ranked(NamedTuple):
@@ -145,6 +148,62 @@ def rank(
                 filled = _top_up(out_items[r], int(counts[r]), ranking, seen, int(r))
                 topped_up += filled > 0
     return Ranked(out_items, out_scores, int(topped_up))
+
+
+def exact_scores(labels: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+    """``user_vectors[r] . item_vectors[labels[r, j]]`` (float32) for every candidate; padding labels
+    (``-1``) score NaN, which :func:`rank` drops.
+
+    ``labels``: (n, k) item indices from the k-NN; ``user_vectors``: (n, dim), row r the user of
+    ``labels[r]``; ``item_vectors``: (n_items, dim). Raises ValueError on mismatched shapes or a
+    label outside ``[-1, n_items)``.
+    """
+    labels = np.asarray(labels)
+    users = np.asarray(user_vectors, dtype=np.float32)
+    items = np.asarray(item_vectors, dtype=np.float32)
+    if labels.ndim != 2 or users.ndim != 2 or items.ndim != 2:
+        raise ValueError(f"labels, user vectors and item vectors must be 2-d, got shapes {labels.shape}, "
+                         f"{users.shape} and {items.shape}.")
+    if users.shape[0] != labels.shape[0]:
+        raise ValueError(f"There are {users.shape[0]} user vectors but {labels.shape[0]} rows of labels.")
+    if users.shape[1] != items.shape[1]:
+        raise ValueError(f"User vectors have {users.shape[1]} dimensions but item vectors {items.shape[1]}: "
+                         "were both written by the same Repackage?")
+    labels = labels.astype(np.int64, copy=False)
+    n_items = items.shape[0]
+    bad = (labels < -1) | (labels >= n_items)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(
+            f"k-NN label {int(labels[r, c])} (row {int(r)}, neighbour {int(c)}) is not an item index in "
+            f"[0, {n_items}): was the k-NN model trained on this run's item vectors?"
+        )
+    scores = np.empty(labels.shape, dtype=np.float32)
+    for start in range(0, labels.shape[0], SCORE_BLOCK):
+        stop = start + SCORE_BLOCK
+        gathered = items[np.maximum(labels[start:stop], 0)]  # (b, k, dim)
+        scores[start:stop] = np.matmul(gathered, users[start:stop, :, None])[..., 0]
+    scores[labels < 0] = np.nan
+    return scores
+
+
+def rank_shard(
+    labels: np.ndarray,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    seen: sp.csr_matrix | sp.csr_array,
+    top_n: int,
+    popularity: np.ndarray | None = None,
+) -> Ranked:
+    """Rank one shard of users from the k-NN's candidate labels, scored exactly (the module docstring
+    says why the service's distances are not used): what Publish writes and Evaluate measures.
+
+    ``labels``: (n, k) from the transform output; ``user_vectors``: (n, dim) the shard's user vectors
+    in the same row order; ``item_vectors``: (n_items, dim); ``seen``: CSR (n, n_items), the shard's
+    rows; ``popularity``: (n_items,) for the top-up (None: no top-up).
+    """
+    scores = exact_scores(labels, user_vectors, item_vectors)
+    return rank(labels, scores, seen, top_n, popularity)
 
 
 def _is_seen(seen: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:

@@ -64,7 +64,7 @@ PLACEHOLDERS: tuple[str, ...] = (
 
 ASL_PATH = Path(__file__).with_name("statemachine.asl.json")
 
-# An execution never outlives the run lock it takes (lambdas/prepare: LOCK_TTL_SECONDS).
+# An execution never outlives the run lock it takes (recpipe.results.lock.LOCK_TTL_SECONDS).
 TIMEOUT_SECONDS = 48 * 3600
 MAP_CONCURRENCY = 2
 RECORDIO = "application/x-recordio-protobuf"

@@ -16,15 +16,11 @@ from typing import Any
 
 from recpipe import config as cfg
 from recpipe import runs
-from recpipe.lambda_errors import ConfigurationError, InputError, LockHeldError
-from recpipe.tables import LOCK_KEY, TTL_ATTRIBUTE
+from recpipe.lambda_errors import ConfigurationError, InputError
+from recpipe.results.lock import LOCK_TTL_SECONDS, acquire_lock
 
 # Deploy-time defaults (JSON object of config keys), set by CDK from cdk.json.
 DEFAULTS_ENV = "RECPIPE_DEFAULTS"
-# A run holds the lock at most this long. Longer than any sane run; it bounds how long a run that
-# was stopped (StopExecution skips the Catch that releases the lock) blocks the next one. The state
-# machine's TimeoutSeconds equals it, so a live execution never outlives its lock.
-LOCK_TTL_SECONDS = 48 * 3600
 # Top-level keys of the execution input that are not configuration. The Step Functions console
 # pre-fills the start dialog with {"Comment": "Insert your JSON here"}.
 IGNORED_INPUT_KEYS = frozenset({"Comment"})
@@ -135,44 +131,6 @@ def run_document(run_id: str, execution_name: str, bucket: str, flat: Mapping[st
         "transform_outputs": {EVAL: by_name[EVAL]["transform_output"] if has_eval else None,
                               SERVE: by_name[SERVE]["transform_output"]},
     }
-
-
-def acquire_lock(dynamodb: Any, table: str, run_id: str, execution_name: str, *, now: float) -> int:
-    """Take the pipeline lock for ``run_id``; returns its expiry (epoch seconds).
-
-    Succeeds when the lock is free, expired, or already ours (so a retried Prepare is harmless);
-    otherwise raises :class:`LockHeldError` naming the run that holds it.
-    """
-    expires = int(now) + LOCK_TTL_SECONDS
-    item = {
-        **{k: {"S": v} for k, v in LOCK_KEY.items()},
-        "owner": {"S": run_id},
-        "execution_name": {"S": execution_name},
-        "acquired_at": {"S": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")},
-        TTL_ATTRIBUTE: {"N": str(expires)},
-    }
-    try:
-        dynamodb.put_item(
-            TableName=table,
-            Item=item,
-            ConditionExpression="attribute_not_exists(#pk) OR #exp < :now OR #owner = :run",
-            ExpressionAttributeNames={"#pk": "pk", "#exp": TTL_ATTRIBUTE, "#owner": "owner"},
-            ExpressionAttributeValues={":now": {"N": str(int(now))}, ":run": {"S": run_id}},
-        )
-    except dynamodb.exceptions.ConditionalCheckFailedException:
-        held = dynamodb.get_item(TableName=table, Key={k: {"S": v} for k, v in LOCK_KEY.items()},
-                                 ConsistentRead=True).get("Item", {})
-        owner = held.get("owner", {}).get("S", "?")
-        since = held.get("acquired_at", {}).get("S", "?")
-        until = held.get(TTL_ATTRIBUTE, {}).get("N")
-        until_text = (datetime.fromtimestamp(int(until), UTC).isoformat(timespec="seconds")
-                      if until else "?")
-        raise LockHeldError(
-            f"Another run holds the pipeline lock: run '{owner}' (since {since}, expires {until_text}; "
-            f"table {table}). Only one run may publish at a time: wait for it to finish, or, if it was "
-            "stopped, delete the lock item (pk='meta#lock', sk='lock')."
-        ) from None
-    return expires
 
 
 def prepare(execution_input: Any, execution_name: str, *, bucket: str, table: str,

@@ -13,7 +13,7 @@ Order of writes (``recpipe.tables`` has the layout):
 Readers follow the pointer, so they see the previous version until step 4 and the new one in
 full afterwards; a publish that fails anywhere before step 4 leaves the previous version served.
 Rows and version items expire ``ttl_days`` after ``generated_at`` (TTL attribute ``expires_at``);
-the pointer never does. :func:`activate` re-points readers to an older complete version (rollback).
+the pointer never does. The version and pointer writes are :mod:`recpipe.results.versions`'s.
 
 Transform output -> users: each ``*.out`` file is named after the user shard Repackage wrote
 (``users-<start>-<stop>.pbr.out``, :mod:`recpipe.vectors`) and the batch transform keeps the input
@@ -24,29 +24,22 @@ files tile all users and :func:`recpipe.topn.read_part` checks each file's line 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from aws_lambda_powertools import Logger
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from lambdas.publish.exceptions import PointerConflictError, VersionNotActivatableError
 from lambdas.publish.writer import BatchWriter
 from recpipe import runs, tables, topn
 from recpipe.lambda_errors import InputError
-
-STATE_WRITING = "writing"
-STATE_COMPLETE = "complete"
+from recpipe.results import versions
 
 logger = Logger(service="recpipe-publish")
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 @dataclass(frozen=True)
@@ -168,114 +161,6 @@ def user_rows(
         }
 
 
-def _key(key: Mapping[str, str]) -> dict[str, Any]:
-    return {name: {"S": value} for name, value in key.items()}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ish metrics -> what TypeSerializer accepts (Decimal numbers, None for NaN/inf)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int | float | Decimal | np.floating | np.integer):
-        number = float(value)
-        return Decimal(repr(number)) if math.isfinite(number) else None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    raise InputError(f"Metric value {value!r} is not JSON data.")
-
-
-def _read(dynamodb: Any, table: str, key: Mapping[str, str]) -> dict[str, Any] | None:
-    response = dynamodb.get_item(TableName=table, Key=_key(key), ConsistentRead=True)
-    item = response.get("Item")
-    if item is None:
-        return None
-    return {name: _deserializer.deserialize(value) for name, value in item.items()}
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _begin_version(dynamodb: Any, table: str, request: PublishRequest, now: datetime) -> tuple[str, int]:
-    """Mark the version ``writing``; return its ``(generated_at, expires_at)`` (kept from a prior attempt)."""
-    generated_at = _iso(now)
-    expires_at = int((now + timedelta(days=request.ttl_days)).timestamp())
-    response = dynamodb.update_item(
-        TableName=table,
-        Key=_key(tables.version_key(request.run_id)),
-        UpdateExpression=(
-            "SET #state = :writing, #run = :run, #top_n = :top_n, "
-            "#generated = if_not_exists(#generated, :generated), #ttl = if_not_exists(#ttl, :expires)"
-        ),
-        ExpressionAttributeNames={"#state": "state", "#run": "run_id", "#top_n": "top_n",
-                                  "#generated": "generated_at", "#ttl": tables.TTL_ATTRIBUTE},
-        ExpressionAttributeValues={
-            ":writing": {"S": STATE_WRITING},
-            ":run": {"S": request.run_id},
-            ":top_n": {"N": str(request.top_n)},
-            ":generated": {"S": generated_at},
-            ":expires": {"N": str(expires_at)},
-        },
-        ReturnValues="ALL_NEW",
-    )
-    attributes = response["Attributes"]
-    return attributes["generated_at"]["S"], int(attributes[tables.TTL_ATTRIBUTE]["N"])
-
-
-def _complete_version(dynamodb: Any, table: str, request: PublishRequest, *, users: int, topped_up: int,
-                      now: datetime) -> None:
-    dynamodb.update_item(
-        TableName=table,
-        Key=_key(tables.version_key(request.run_id)),
-        UpdateExpression=(
-            "SET #state = :complete, #users = :users, #topped = :topped, #metrics = :metrics, "
-            "#completed = if_not_exists(#completed, :now)"
-        ),
-        ExpressionAttributeNames={"#state": "state", "#users": "users_written", "#topped": "topped_up_users",
-                                  "#metrics": "metrics", "#completed": "completed_at"},
-        ExpressionAttributeValues={
-            ":complete": {"S": STATE_COMPLETE},
-            ":users": {"N": str(users)},
-            ":topped": {"N": str(topped_up)},
-            ":metrics": _serializer.serialize(_plain(request.metrics)),
-            ":now": {"S": _iso(now)},
-        },
-    )
-
-
-def _flip_pointer(dynamodb: Any, table: str, run_id: str, *, expected_run_id: str | None,
-                  ndcg_at_10: Any, now: datetime) -> None:
-    """Point readers at ``run_id``, if the pointer still names ``expected_run_id`` (None = no pointer)."""
-    item: dict[str, Any] = {
-        **_key(tables.ACTIVE_KEY),
-        "run_id": {"S": run_id},
-        "activated_at": {"S": _iso(now)},
-    }
-    # Absent rather than NULL: readers (Evaluate's gate) expect a number or nothing.
-    ndcg = _plain(ndcg_at_10)
-    if isinstance(ndcg, Decimal):
-        item["ndcg_at_10"] = {"N": str(ndcg)}
-    if expected_run_id is not None:
-        item["previous_run_id"] = {"S": expected_run_id}
-    if expected_run_id is None:
-        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(#pk)",
-                                     "ExpressionAttributeNames": {"#pk": tables.PARTITION_KEY}}
-    else:
-        condition = {"ConditionExpression": "#run = :expected",
-                     "ExpressionAttributeNames": {"#run": "run_id"},
-                     "ExpressionAttributeValues": {":expected": {"S": expected_run_id}}}
-    try:
-        dynamodb.put_item(TableName=table, Item=item, **condition)
-    except dynamodb.exceptions.ConditionalCheckFailedException as exc:
-        now_active = (_read(dynamodb, table, tables.ACTIVE_KEY) or {}).get("run_id")
-        raise PointerConflictError(
-            f"The active version changed from {expected_run_id!r} to {now_active!r} while {run_id!r} was "
-            f"being activated; {run_id!r} was not activated (its rows are written and stay available)."
-        ) from exc
-
-
 def publish(
     request: PublishRequest,
     *,
@@ -289,10 +174,8 @@ def publish(
     now = now or datetime.now(UTC)
     catalogue = load_catalogue(s3, request.manifest)
     parts = topn.transform_parts(s3, request.transform_output, len(catalogue.user_ids))
-    active = _read(dynamodb, table, tables.ACTIVE_KEY)
-    active_run = active.get("run_id") if active else None
-
-    generated_at, expires_at = _begin_version(dynamodb, table, request, now)
+    generated_at, expires_at = versions.begin_version(dynamodb, table, request.run_id, top_n=request.top_n,
+                                                      ttl_days=request.ttl_days, now=now)
     writer = writer or BatchWriter(dynamodb, table)
     users_written = topped_up = 0
     for part in parts:
@@ -306,46 +189,11 @@ def publish(
         logger.info("Shard written", extra={"key": part.key, "users": [part.start, part.stop],
                                             "users_written": users_written, "calls": writer.calls,
                                             "retries": writer.retries})
-    _complete_version(dynamodb, table, request, users=users_written, topped_up=topped_up, now=now)
-
-    if active_run == request.run_id:  # a re-run of the active version: the pointer already says so
-        previous = active.get("previous_run_id") if active else None
-    else:
-        ndcg = (request.metrics or {}).get("ndcg_at_10")
-        _flip_pointer(dynamodb, table, request.run_id, expected_run_id=active_run, ndcg_at_10=ndcg, now=now)
-        previous = active_run
+    committed = versions.commit_version(dynamodb, table, request.run_id, users=users_written,
+                                        topped_up=topped_up, metrics=request.metrics, now=now)
     return {
         "run_id": request.run_id,
         "users_written": users_written,
         "topped_up_users": topped_up,
-        "previous_run_id": previous,
+        "previous_run_id": committed["previous_run_id"],
     }
-
-
-def activate(run_id: str, *, dynamodb: Any, table: str, now: datetime | None = None) -> dict[str, Any]:
-    """Point readers at an older, complete, unexpired version (rollback). Returns
-    ``{"run_id", "previous_run_id"}``; refuses unknown, incomplete or expired versions."""
-    now = now or datetime.now(UTC)
-    version = _read(dynamodb, table, tables.version_key(run_id))
-    if version is None:
-        raise VersionNotActivatableError(
-            f"Version {run_id!r} is unknown in table {table!r} (never published, or expired and deleted)."
-        )
-    if version.get("state") != STATE_COMPLETE:
-        raise VersionNotActivatableError(
-            f"Version {run_id!r} is in state {version.get('state')!r}, not {STATE_COMPLETE!r}: its rows "
-            "may be incomplete."
-        )
-    expires = version.get(tables.TTL_ATTRIBUTE)
-    if expires is not None and int(expires) <= now.timestamp():
-        raise VersionNotActivatableError(
-            f"Version {run_id!r} expired at {_iso(datetime.fromtimestamp(int(expires), UTC))}; its rows are "
-            "being deleted."
-        )
-    active = _read(dynamodb, table, tables.ACTIVE_KEY)
-    active_run = active.get("run_id") if active else None
-    if active_run == run_id:
-        return {"run_id": run_id, "previous_run_id": active.get("previous_run_id") if active else None}
-    ndcg = (version.get("metrics") or {}).get("ndcg_at_10")
-    _flip_pointer(dynamodb, table, run_id, expected_run_id=active_run, ndcg_at_10=ndcg, now=now)
-    return {"run_id": run_id, "previous_run_id": active_run}

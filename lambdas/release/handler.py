@@ -20,9 +20,9 @@ from typing import Any
 import boto3
 from aws_lambda_powertools import Logger
 
-from lambdas.release.release import release_lock
 from recpipe import runs
 from recpipe.lambda_errors import InputError
+from recpipe.results.lock import release_lock
 
 logger = Logger(service="recpipe-release")
 

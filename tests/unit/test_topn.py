@@ -162,3 +162,88 @@ def test_transform_parts_must_tile_the_users(s3: Any, ranges: list[tuple[int, in
     put_outputs(s3, ranges, extra)
     with pytest.raises(PipelineError, match=message):
         topn.transform_parts(s3, "s3://bkt/t/", 9)
+
+
+# --- exact scoring: the k-NN's labels only, scored from the stored vectors -------------------------
+
+def _vectors(seed: int, n_users: int, n_items: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n_users, dim)).astype(np.float32),
+            rng.normal(size=(n_items, dim)).astype(np.float32))
+
+
+def _verbose_lines(labels: np.ndarray, distances: np.ndarray) -> bytes:
+    """Verbose k-NN jsonlines as the service writes them (distances listed ascending)."""
+    import json
+
+    lines = []
+    for row_labels, row_distances in zip(labels.tolist(), distances.tolist(), strict=True):
+        order = np.argsort(row_distances, kind="stable")
+        lines.append(json.dumps({"labels": [float(row_labels[j]) for j in order],
+                                 "distances": [row_distances[j] for j in order],
+                                 "predicted_label": float(row_labels[order[0]])}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_exact_scores_are_the_float32_inner_products_of_the_candidates() -> None:
+    users, items = _vectors(1, 7, 30, 5)
+    labels = np.array([[3, 0, 29, -1]] * 7)
+    labels[2] = [5, 5, 6, 7]
+    scores = topn.exact_scores(labels, users, items)
+    assert scores.dtype == np.float32
+    for r in range(7):
+        for j in range(4):
+            if labels[r, j] < 0:
+                assert np.isnan(scores[r, j])
+            else:
+                assert scores[r, j] == pytest.approx(float(users[r] @ items[labels[r, j]]), rel=1e-5)
+
+
+def test_exact_scores_blocks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    users, items = _vectors(2, 50, 40, 6)
+    labels = np.random.default_rng(3).integers(0, 40, size=(50, 8))
+    whole = topn.exact_scores(labels, users, items)
+    monkeypatch.setattr(topn, "SCORE_BLOCK", 7)
+    np.testing.assert_array_equal(topn.exact_scores(labels, users, items), whole)
+
+
+def test_ranking_ignores_the_services_distances_negated_or_not() -> None:
+    """The transform output's distances may be raw inner products, negated ones or anything else:
+    the ranking comes from the labels and the stored vectors only."""
+    from recpipe.formats.knn_output import read_verbose_jsonlines
+
+    n_users, n_items, k, top_n = 40, 60, 12, 5
+    users, items = _vectors(4, n_users, n_items, 8)
+    exact = users @ items.T
+    labels = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # the true k nearest by inner product
+    true_distances = np.take_along_axis(exact, labels, axis=1)
+    rng = np.random.default_rng(5)
+    seen = sp.random(n_users, n_items, density=0.1, format="csr", random_state=6)
+    popularity = np.asarray((seen != 0).sum(axis=0)).reshape(-1)
+
+    results = []
+    for distances in (true_distances, -true_distances, rng.normal(size=true_distances.shape)):
+        read_labels, _ = read_verbose_jsonlines(_verbose_lines(labels, distances))
+        results.append(topn.rank_shard(read_labels, users, items, seen, top_n, popularity))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.items, results[0].items)
+        np.testing.assert_array_equal(other.scores, results[0].scores)
+    # ... and it is the reference ranking by the exact products.
+    want_items, _, want_topped = reference_rank(labels, true_distances.astype(np.float32).astype(np.float64),
+                                                seen, top_n, popularity)
+    assert results[0].items.tolist() == want_items and results[0].n_topped_up == want_topped
+    # Trusting negated distances would have reversed it: the test can tell the two apart.
+    negated = read_verbose_jsonlines(_verbose_lines(labels, -true_distances))
+    assert topn.rank(*negated, seen, top_n, popularity).items.tolist() != want_items
+
+
+@pytest.mark.parametrize(("labels", "users_shape", "items_shape", "match"), [
+    (np.array([[0, 1]]), (2, 3), (5, 3), "2 user vectors but 1 rows"),
+    (np.array([[0, 1]]), (1, 4), (5, 3), "4 dimensions but item vectors 3"),
+    (np.array([[0, 5]]), (1, 3), (5, 3), r"label 5 \(row 0, neighbour 1\) is not an item index in \[0, 5\)"),
+    (np.array([0, 1]), (1, 3), (5, 3), "must be 2-d"),
+])
+def test_exact_scores_reject_inconsistent_input(labels: np.ndarray, users_shape: tuple[int, int],
+                                                items_shape: tuple[int, int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        topn.exact_scores(labels, np.zeros(users_shape, np.float32), np.zeros(items_shape, np.float32))

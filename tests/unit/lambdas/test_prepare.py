@@ -12,10 +12,10 @@ from moto import mock_aws
 
 from lambdas.prepare import handler
 from lambdas.prepare.prepare import LOCK_TTL_SECONDS, deploy_defaults, prepare
-from lambdas.release.release import release_lock
 from recpipe import config as cfg
 from recpipe import runs
 from recpipe.lambda_errors import ConfigurationError, InputError, LockHeldError
+from recpipe.results.lock import release_lock
 from recpipe.tables import BUCKET_ENV, LOCK_KEY, TABLE_ENV, create_table_kwargs
 
 BUCKET, TABLE = "data-bucket", "results"

@@ -20,15 +20,13 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from lambdas.publish import handler
-from lambdas.publish.exceptions import (
-    PointerConflictError,
-    VersionNotActivatableError,
-    WriteRetriesExhaustedError,
-)
-from lambdas.publish.publish import PublishRequest, activate, publish
+from lambdas.publish.exceptions import WriteRetriesExhaustedError
+from lambdas.publish.publish import PublishRequest, publish
 from lambdas.publish.writer import BatchWriter
 from recpipe import tables, vectors
 from recpipe.lambda_errors import ConfigurationError, InputError, NotFoundError, SchemaVersionError
+from recpipe.results.exceptions import PointerConflictError, VersionNotActivatableError
+from recpipe.results.versions import activate
 
 TABLE = "results"
 BUCKET = "recpipe-test"

@@ -11,9 +11,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from lambdas.prepare.prepare import acquire_lock
 from lambdas.release import handler
 from recpipe.lambda_errors import InputError
+from recpipe.results.lock import acquire_lock
 from recpipe.runs import derive_run_id
 from recpipe.tables import LOCK_KEY, TABLE_ENV, create_table_kwargs
 

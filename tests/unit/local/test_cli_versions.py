@@ -1,7 +1,7 @@
 """`recpipe versions`, `rollback` and `unlock` on the local table (the session's dynalite).
 
 The table is seeded in the layout Publish and Prepare write (recpipe.tables); rollback goes
-through the real ``lambdas.publish.publish.activate`` and unlock through ``release_lock``.
+through the real ``recpipe.results.versions.activate`` and unlock through ``release_lock``.
 """
 
 from __future__ import annotations

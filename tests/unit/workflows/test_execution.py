@@ -22,11 +22,11 @@ from moto import mock_aws
 
 from lambdas.plan import handler as plan_handler
 from lambdas.prepare import handler as prepare_handler
-from lambdas.prepare.prepare import acquire_lock
 from lambdas.release import handler as release_handler
 from recpipe import runs
 from recpipe.local.exceptions import TaskFailure
 from recpipe.local.moto_hook import TaskCall, installed
+from recpipe.results.lock import acquire_lock
 from recpipe.tables import BUCKET_ENV, LOCK_KEY, TABLE_ENV, create_table_kwargs
 from workflows.definition import PLACEHOLDERS, load_definition
 
