@@ -1,23 +1,26 @@
-"""Benchmark: recpipe's k-NN verbose jsonlines reader/writer vs plain json.loads / json.dumps.
+"""Benchmark: recpipe's k-NN verbose jsonlines reader/writer (orjson) vs plain json.loads / json.dumps.
 
-``--lines`` records of ``--k`` neighbours (item-index labels, sorted float32 distances), the publish
-Lambda's input in miniature (it reads ~1M lines x ~220 neighbours). Baselines, measured in the same
-run and interleaved with ours in ``--rounds`` rounds (the machine is shared; only ratios mean
-anything):
+``--lines`` records of ``--k`` neighbours (item-index labels, sorted float32 distances): by default
+one transform output file, i.e. one user shard (``processing.users_per_shard`` = 25,000) of a
+1M-user run, which is what one PublishShard Lambda reads. Baselines, measured in the same run and
+interleaved with ours in ``--rounds`` rounds (the machine is shared; only ratios mean anything):
 
 - read: ``json.loads`` per line, then the (n, k) int64 / float32 arrays;
-- write: ``json.dumps`` per record (dict of Python floats) joined and encoded.
+- write: ``json.dumps`` per record (dict of Python floats) joined and encoded;
+- ``--old FILE``: also read with another implementation of ``read_verbose_jsonlines`` (e.g. the
+  hand-written parser this module replaced: ``git show b1280ad:recpipe/formats/knn_output.py``).
 
-Two texts are read: the one our writer produces (9 significant digits) and the one ``json.dumps``
-produces (Python float reprs, up to 17 digits, as other writers may emit); both must read back
-exactly.
+Two texts are read: the one our writer produces and the one ``json.dumps`` produces (Python float
+reprs, up to 17 digits, as other writers may emit), this one with a blank line after every record
+(as batch transform's AssembleWith=Line may write); both must read back exactly.
 
-    .venv/bin/python bench/knn_output.py [--lines 20000] [--k 220] [--rounds 3]
+    .venv/bin/python bench/knn_output.py [--lines 25000] [--k 220] [--rounds 3] [--old FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import time
@@ -46,7 +49,7 @@ def json_write(labels: np.ndarray, distances: np.ndarray, predicted: np.ndarray)
             strict=True,
         )
     ]
-    return ("\n".join(lines) + "\n").encode()
+    return ("\n\n".join(lines) + "\n").encode()
 
 
 def ours_write(labels: np.ndarray, distances: np.ndarray, predicted: np.ndarray) -> bytes:
@@ -76,10 +79,18 @@ class Meter:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lines", type=int, default=20_000)
+    parser.add_argument("--lines", type=int, default=25_000)
     parser.add_argument("--k", type=int, default=220)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--old", help="a module file with another read_verbose_jsonlines to time")
     args = parser.parse_args()
+    old_read = None
+    if args.old:
+        spec = importlib.util.spec_from_file_location("old_knn_output", args.old)
+        assert spec is not None and spec.loader is not None
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        old_read = old.read_verbose_jsonlines
 
     rng = np.random.default_rng(0)
     n, k = args.lines, args.k
@@ -102,6 +113,8 @@ def main() -> None:
     for r in range(args.rounds):
         meter.add("json_read", n, timed(json_read, ours_text)[0])
         meter.add("read", n, timed(read_verbose_jsonlines, ours_text)[0])
+        if old_read is not None:
+            meter.add("old_read", n, timed(old_read, ours_text)[0])
         meter.add("json_read_dumps", n, timed(json_read, dumps_text)[0])
         meter.add("read_dumps", n, timed(read_verbose_jsonlines, dumps_text)[0])
         meter.add("json_write", n, timed(json_write, labels, distances, predicted)[0])
@@ -133,10 +146,14 @@ def main() -> None:
         f"json.dumps {meter.rate('json_write'):,.0f}"
     )
     print(f"both texts read back exactly: {exact}")
+    old = ""
+    if old_read is not None:
+        print(f"read (our text):        {args.old} {meter.rate('old_read'):,.0f} lines/s")
+        old = f" old_over_ours={meter.rate('old_read') / meter.rate('read'):.2f}"
     print(
         f"RESULT read_speedup={read_speedup:.1f} write_speedup={write_speedup:.1f} "
         f"read_speedup_dumps_text={dumps_speedup:.1f} read_lines_per_s={meter.rate('read'):.0f} "
-        f"write_lines_per_s={meter.rate('write'):.0f} exact={int(exact)}"
+        f"write_lines_per_s={meter.rate('write'):.0f} exact={int(exact)}{old}"
     )
 
 

@@ -3,7 +3,7 @@
 - ``recordio``: recordio-protobuf (``write_sparse``, ``read_sparse``, ...); self-contained.
 - ``mxnet``: MXNet NDArray list files (``load_params``, ``save_params``).
 - ``fm_model``: the Factorization Machines ``model.tar.gz`` (``load_fm_model``, ``save_fm_model``).
-- ``knn_output``: k-NN batch transform verbose jsonlines.
+- ``knn_output``: k-NN batch transform verbose jsonlines (orjson).
 
 Importing this package is cheap: submodules (and numpy/scipy) load on first attribute access.
 """

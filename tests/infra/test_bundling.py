@@ -76,7 +76,7 @@ def test_requirements_are_pinned_within_pyproject_ranges() -> None:
                 for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     pins = [requirements.Requirement(line) for line in lb.REQUIREMENTS_FILE.read_text().splitlines()
             if line.strip() and not line.startswith("#")]
-    assert {p.name for p in pins} == {"numpy", "scipy", "aws-lambda-powertools"}
+    assert {p.name for p in pins} == {"numpy", "scipy", "aws-lambda-powertools", "orjson"}
     for pin in pins:
         (spec,) = pin.specifier
         assert spec.operator == "==", pin

@@ -187,7 +187,7 @@ def test_numbers_round_trip_float32_and_labels_print_as_floats(tmp_path: Path) -
     f = write_queries(tmp_path / "q", np.array([[0.1, 0.3, 0, 0, 0, 0]], np.float32))
     (out,) = knn.run_transform(opt_ml / "model", [f], tmp_path / "out", content_type=RECORDIO, accept=VERBOSE)
     text = out.read_text()
-    assert text.startswith('{"predicted_label": 9.0, "labels": [4.0, 9.0], "distances": [')
+    assert text.startswith('{"predicted_label":9.0,"labels":[4.0,9.0],"distances":[')
     (rec,) = read_lines(out)
     assert np.array_equal(np.asarray(rec["distances"], np.float32), np.array([0.1, 0.3], np.float32))
     from recpipe.formats.knn_output import read_verbose_jsonlines
