@@ -125,8 +125,10 @@ class RunDisplay:
 
     @staticmethod
     def job_label(job_name: str) -> str:
-        """``recpipe-<run>-serve-fm`` -> ``FM epochs [serve]``."""
+        """``recpipe-<run>-serve-fm-<retry>-<redrive>`` -> ``FM epochs [serve]``."""
         parts = job_name.split("-")
+        while parts and parts[-1].isdigit():  # the per-attempt suffix (workflows.definition)
+            parts.pop()
         if len(parts) >= 3 and parts[-1] == "fm":
             return f"FM epochs [{parts[-2]}]"
         return f"{job_name} epochs"

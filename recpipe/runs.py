@@ -19,15 +19,32 @@ from recpipe.tables import BUCKET_ENV, TABLE_ENV
 MANIFEST_SCHEMA_VERSION = 1
 RUNS_PREFIX = "runs/"
 
-# Project prefix of every SageMaker resource name (IAM policies are scoped on it).
-JOB_PREFIX = "recpipe-"
+# Every SageMaker job and model name starts with "<prefix>-": the deployed stack sets the prefix
+# (its name prefix) in this variable and scopes the state machine's IAM rights on "<prefix>-*", so
+# two stacks in one account cannot touch each other's jobs. Unset (a local run): DEFAULT_JOB_PREFIX.
+JOB_PREFIX_ENV = "RECPIPE_JOB_PREFIX"
+DEFAULT_JOB_PREFIX = "recpipe"
+# Lower case only: SageMaker writes names lower-cased into ARNs (which IAM matches, and from which
+# the state machine reads the created model's name back), so a name must equal its ARN's spelling.
+_VALID_JOB_PREFIX = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")  # 1-32 characters
 # SageMaker job/model names: at most 63 characters of [a-zA-Z0-9-], starting alphanumeric.
 MAX_JOB_NAME = 63
-# The longest suffix a job name gets after the run id (see ``job_name``): "-serve-model".
+# The state machine makes every name unique per attempt by appending "-<State.RetryCount>-
+# <Execution.RedriveCount>" to the base name built here (workflows.definition.attempt_name): room
+# for a two-digit retry count and a four-digit redrive count.
+ATTEMPT_SUFFIX_CHARS = len("-99-9999")
+MAX_BASE_NAME = MAX_JOB_NAME - ATTEMPT_SUFFIX_CHARS  # 55
+# The longest part a base name gets after the run id (see ``job_name``): "-serve-model".
 _LONGEST_JOB_SUFFIX = len("-serve-model")
-MAX_RUN_ID = MAX_JOB_NAME - len(JOB_PREFIX) - _LONGEST_JOB_SUFFIX  # 43
+# Run ids name S3 prefixes and table versions too, so they do not depend on the job prefix; a run
+# id too long for the job names is shortened there (:func:`job_name`).
+MAX_RUN_ID = 43
 _HASH_CHARS = 8
 _VALID_RUN_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:_HASH_CHARS]
 
 
 def derive_run_id(execution_name: str) -> str:
@@ -36,25 +53,45 @@ def derive_run_id(execution_name: str) -> str:
     truncated slug plus 8 hex characters of the name's SHA-256, so distinct names stay distinct.
 
     The run id names S3 prefixes, the results table's version and every SageMaker job
-    (``recpipe-<run_id>-<variant>-<kind>``, which must fit in 63 characters).
+    (:func:`job_name`).
     """
     if not isinstance(execution_name, str) or not execution_name:
         raise InputError(f"The 'execution_name' must be a non-empty string, got {execution_name!r}.")
     if len(execution_name) <= MAX_RUN_ID and _VALID_RUN_ID.match(execution_name):
         return execution_name
-    digest = hashlib.sha256(execution_name.encode("utf-8")).hexdigest()[:_HASH_CHARS]
     slug = re.sub(r"[^a-z0-9]+", "-", execution_name.lower()).strip("-")
     slug = slug[: MAX_RUN_ID - _HASH_CHARS - 1].strip("-")
+    digest = _digest(execution_name)
     return f"{slug}-{digest}" if slug else f"run-{digest}"
 
 
-def job_name(run_id: str, kind: str, variant: str | None = None) -> str:
-    """``recpipe-<run_id>[-<variant>]-<kind>``; raises when it would exceed 63 characters."""
-    parts = [JOB_PREFIX + run_id, *([variant] if variant else []), kind]
-    name = "-".join(parts)
-    if len(name) > MAX_JOB_NAME:
-        raise InputError(f"The SageMaker name {name!r} is {len(name)} characters long; the limit is "
-                         f"{MAX_JOB_NAME}.")
+def job_prefix() -> str:
+    """The job-name prefix: ``RECPIPE_JOB_PREFIX``, or ``recpipe`` when unset; checked."""
+    prefix = os.environ.get(JOB_PREFIX_ENV, "") or DEFAULT_JOB_PREFIX
+    if not _VALID_JOB_PREFIX.match(prefix):
+        raise ConfigurationError(
+            f"The environment variable {JOB_PREFIX_ENV} must be 1-32 characters of a-z, 0-9 and '-', "
+            f"starting and ending with a letter or digit (SageMaker names are matched lower-cased); "
+            f"got {prefix!r}.")
+    return prefix
+
+
+def job_name(run_id: str, kind: str, variant: str | None = None, *, prefix: str = DEFAULT_JOB_PREFIX) -> str:
+    """The base name ``<prefix>-<run>[-<variant>]-<kind>`` of one SageMaker job or model, at most
+    55 characters so that the state machine's per-attempt suffix fits in SageMaker's 63.
+
+    ``<run>`` is the run id, or, when the prefix leaves too little room, its head plus 8 hex
+    characters of its SHA-256 (the same for every name of the run, distinct between runs).
+    """
+    room = MAX_BASE_NAME - len(prefix) - 1 - _LONGEST_JOB_SUFFIX
+    run = run_id
+    if len(run_id) > room:
+        head = run_id[: room - _HASH_CHARS - 1].rstrip("-")
+        run = f"{head}-{_digest(run_id)}" if head else _digest(run_id)
+    name = "-".join([prefix, run, *([variant] if variant else []), kind])
+    if len(name) > MAX_BASE_NAME:
+        raise InputError(f"The SageMaker base name {name!r} is {len(name)} characters long; the limit is "
+                         f"{MAX_BASE_NAME} (63 less the per-attempt suffix).")
     return name
 
 

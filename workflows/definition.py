@@ -8,7 +8,8 @@ The steps, in order (state names in quotes; ``$.x`` is where a step's result lan
 3. "Plan" (λ): the FM and k-NN hyperparameters from the manifest and config: ``$.plan``.
 4. "Models" (Map over ``$.run.variants``: ``eval`` when there is a holdout, and ``serve``; two at a time):
    "Train FM" (``$.fm``) -> "Repackage" (λ, ``$.vectors``) -> "Train k-NN" (``$.knn``) ->
-   "Create model" -> "Batch transform" (output under the variant's ``transform_output``).
+   "Create model" (``$.model``: the name it created) -> "Batch transform" (output under the
+   variant's ``transform_output``).
 5. "Evaluation?" (Choice on ``$.run.has_evaluation``): "Evaluate" (λ, ``$.evaluation``) ->
    "Quality gate" (Choice: NDCG@10 >= threshold), or "Skip evaluation" (``$.evaluation`` all null).
 6. "Publish" (λ, the serve variant): ``$.publish``.
@@ -19,6 +20,11 @@ Any task's error: Catch (``$.error``) -> Pass "<state> failed" (``$.failure = {e
 cause prefixed with the state's name) -> "Release lock after failure" -> Fail "Run failed". Inside
 the Map the Pass states end in the Fail "Variant failed", which fails the Map, whose Catch joins the
 same path. A failing Prepare skips the release: it takes the lock as its very last action.
+
+SageMaker names: Prepare gives each job and model a base name; every Create* appends
+``-<State.RetryCount>-<Execution.RedriveCount>`` (:data:`ATTEMPT_FORMAT`), so a retry or a redrive
+never reuses a name. A full account quota (``ResourceLimitExceededException``) has its own, longer
+Retry.
 
 Everything account-specific is a ``${Placeholder}`` (:data:`PLACEHOLDERS`), filled by CDK's
 ``definition_substitutions`` or by the local engine. Per-run values (job names, S3 URIs, instance
@@ -82,9 +88,22 @@ ERROR_NAME = f"States.ArrayGetItem({_PARTS}, States.MathAdd(States.ArrayLength({
 # Where a .sync training job's Describe response names the model.tar.gz.
 MODEL_ARTIFACT = "$.ModelArtifacts.S3ModelArtifacts"
 
+# SageMaker names are unique per account and region, and neither a retried Create* (whose first call
+# may have succeeded) nor a redriven execution may reuse one: each Create* names its resource
+# "<base name>-<State.RetryCount>-<Execution.RedriveCount>" (bases from Prepare, recpipe.runs.job_name,
+# leave room for the suffix within SageMaker's 63 characters).
+ATTEMPT_FORMAT = "States.Format('{{}}-{{}}-{{}}', {base}, $$.State.RetryCount, $$.Execution.RedriveCount)"
+# CreateModel returns only the ARN, ".../model/<name>": the name the transform must use, kept in the
+# state data because the model may have been created by an earlier attempt or execution than the
+# transform's (SageMaker lower-cases names in ARNs; recpipe's names are lower case throughout).
+MODEL_NAME_FROM_ARN = "States.ArrayGetItem(States.StringSplit($.ModelArn, '/'), 1)"
+
 LAMBDA_RETRY_ERRORS = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
                        "Lambda.TooManyRequestsException"]
 SAGEMAKER_RETRY_ERRORS = ["SageMaker.AmazonSageMakerException"]
+# A full account quota (instances, concurrent jobs) frees up as other jobs end: minutes, not seconds.
+# Waits 1, 2, 4, 8, 16 minutes (~31 in all) before the run fails.
+SAGEMAKER_LIMIT_ERRORS = ["SageMaker.ResourceLimitExceededException"]
 
 _REGION = "us-east-1"  # the SDK wants one; nothing region-specific ends up in the ASL
 
@@ -109,6 +128,11 @@ def _dyn(params: dict[str, Any], dotted: str, path: str) -> None:
         node = node.setdefault(part, {})
     node.pop(leaf, None)
     node[f"{leaf}.$"] = path
+
+
+def attempt_name(base_path: str) -> str:
+    """The intrinsic naming one attempt's SageMaker resource from the base name at ``base_path``."""
+    return ATTEMPT_FORMAT.format(base=base_path)
 
 
 def _lambda_parameters(function: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -142,9 +166,11 @@ class _Builder:
         return self.sf.Retry(error_equals=LAMBDA_RETRY_ERRORS, interval_seconds=2, max_attempts=3,
                              backoff_rate=2.0)
 
-    def sagemaker_retry(self) -> Any:
-        return self.sf.Retry(error_equals=SAGEMAKER_RETRY_ERRORS, interval_seconds=5, max_attempts=2,
-                             backoff_rate=2.0)
+    def sagemaker_retry(self, step: Any) -> None:
+        step.add_retry(self.sf.Retry(error_equals=SAGEMAKER_LIMIT_ERRORS, interval_seconds=60, max_attempts=5,
+                                     backoff_rate=2.0))
+        step.add_retry(self.sf.Retry(error_equals=SAGEMAKER_RETRY_ERRORS, interval_seconds=5, max_attempts=2,
+                                     backoff_rate=2.0))
 
     def catch_to(self, state: Any, handler: Any) -> None:
         state.add_catch(self.sf.Catch(error_equals=["States.ALL"], next_step=handler, result_path="$.error"))
@@ -217,7 +243,7 @@ class _Builder:
         step = self.sf.ProcessingStep("Process", processor=processor, job_name="unused", inputs=inputs,
                                       outputs=outputs, container_entrypoint=entrypoint, result_path=None)
         p = step.parameters
-        _dyn(p, "ProcessingJobName", "$.run.jobs.processing")
+        _dyn(p, "ProcessingJobName", attempt_name("$.run.jobs.processing"))
         _dyn(p["ProcessingInputs"][0], "S3Input.S3Uri", "$.run.uris.data")
         _dyn(p["ProcessingInputs"][1], "S3Input.S3Uri", "$.run.uris.config")
         _dyn(p["ProcessingOutputConfig"]["Outputs"][0], "S3Output.S3Uri", "$.run.uris.processed")
@@ -225,7 +251,7 @@ class _Builder:
         _dyn(cluster, "InstanceType", "$.run.config.resources.processing_instance_type")
         _dyn(cluster, "VolumeSizeInGB", "$.run.config.resources.volume_size_gb")
         _dyn(p, "StoppingCondition.MaxRuntimeInSeconds", "$.run.config.resources.max_runtime_seconds")
-        step.add_retry(self.sagemaker_retry())
+        self.sagemaker_retry(step)
         return step
 
     def train_fm(self) -> Any:
@@ -235,11 +261,11 @@ class _Builder:
         p = step.parameters
         p.pop("InputDataConfig")
         p["InputDataConfig.$"] = "$.variant.fm_channels"  # train (+ test for eval): Prepare builds them
-        _dyn(p, "TrainingJobName", "$.variant.jobs.fm")
+        _dyn(p, "TrainingJobName", attempt_name("$.variant.jobs.fm"))
         _dyn(p, "HyperParameters", "$.plan.fm_hyperparameters")
         _dyn(p, "OutputDataConfig.S3OutputPath", "$.variant.fm_output")
         self.training_resources(p)
-        step.add_retry(self.sagemaker_retry())
+        self.sagemaker_retry(step)
         self.extra["Train FM"] = {"ResultSelector": {"model_artifact.$": MODEL_ARTIFACT}}
         return step
 
@@ -251,11 +277,11 @@ class _Builder:
         channel = p["InputDataConfig"][0]
         channel["ContentType"] = RECORDIO
         _dyn(channel, "DataSource.S3DataSource.S3Uri", "$.vectors.items_prefix")
-        _dyn(p, "TrainingJobName", "$.variant.jobs.knn")
+        _dyn(p, "TrainingJobName", attempt_name("$.variant.jobs.knn"))
         _dyn(p, "HyperParameters", "$.plan.knn_hyperparameters")
         _dyn(p, "OutputDataConfig.S3OutputPath", "$.variant.knn_output")
         self.training_resources(p)
-        step.add_retry(self.sagemaker_retry())
+        self.sagemaker_retry(step)
         self.extra["Train k-NN"] = {"ResultSelector": {"model_artifact.$": MODEL_ARTIFACT}}
         return step
 
@@ -264,12 +290,14 @@ class _Builder:
 
         model = Model(image_uri=_ph("KnnImageUri"), model_data="s3://unused/model.tar.gz",
                       role=_ph("SageMakerRoleArn"), sagemaker_session=self.session)
-        step = self.sf.ModelStep("Create model", model=model, model_name="unused", result_path=None)
+        step = self.sf.ModelStep("Create model", model=model, model_name="unused", result_path="$.model")
         p = step.parameters
         p["PrimaryContainer"].pop("Environment", None)
-        _dyn(p, "ModelName", "$.variant.jobs.model")
+        _dyn(p, "ModelName", attempt_name("$.variant.jobs.model"))
+        self.extra["Create model"] = {"ResultSelector": {"name.$": MODEL_NAME_FROM_ARN,
+                                                         "arn.$": "$.ModelArn"}}
         _dyn(p, "PrimaryContainer.ModelDataUrl", "$.knn.model_artifact")
-        step.add_retry(self.sagemaker_retry())
+        self.sagemaker_retry(step)
         return step
 
     def batch_transform(self) -> Any:
@@ -283,14 +311,14 @@ class _Builder:
                                      model_name="unused", data="s3://unused/users/", data_type="S3Prefix",
                                      content_type=RECORDIO, split_type="RecordIO", result_path=None)
         p = step.parameters
-        _dyn(p, "TransformJobName", "$.variant.jobs.xform")
-        _dyn(p, "ModelName", "$.variant.jobs.model")
+        _dyn(p, "TransformJobName", attempt_name("$.variant.jobs.xform"))
+        _dyn(p, "ModelName", "$.model.name")  # what Create model created
         # S3Prefix over the users prefix: each shard file is one input, one <shard>.out output.
         _dyn(p, "TransformInput.DataSource.S3DataSource.S3Uri", "$.vectors.users_prefix")
         _dyn(p, "TransformOutput.S3OutputPath", "$.variant.transform_output")
         _dyn(p, "TransformResources.InstanceType", "$.config.resources.transform_instance_type")
         _dyn(p, "TransformResources.InstanceCount", "$.config.resources.transform_instance_count")
-        step.add_retry(self.sagemaker_retry())
+        self.sagemaker_retry(step)
         return step
 
     # --- the machine ------------------------------------------------------------------------------
@@ -372,14 +400,16 @@ class _Builder:
 
         gate_not_met = sf.Fail("Quality gate not met", error="QualityGateNotMet")
         self.extra["Quality gate not met"] = {"CausePath": "$.failure.cause"}
+        # Every value formatted here is a string or a number: the evaluation goes in as one JSON text
+        # (metrics, threshold and the active version's NDCG@10 may each be null: no active version
+        # on a first run, no metric when no user was scored), the config values are validated numbers.
         gate_report = sf.Pass("Quality gate report", result_path="$.failure", parameters={
             "error": "QualityGateNotMet",
-            "cause.$": "States.Format('NDCG@10 of the eval variant is {}, below the threshold {} "
-                       "(evaluation.min_ndcg_at_10 = {}, active version NDCG@10 = {}, "
-                       "evaluation.max_regression = {}); nothing was published. Metrics: {} (kept at {}).', "
-                       "$.evaluation.metrics.ndcg_at_10, $.evaluation.threshold, "
-                       "$.run.config.evaluation.min_ndcg_at_10, $.evaluation.active_ndcg_at_10, "
-                       "$.run.config.evaluation.max_regression, States.JsonToString($.evaluation.metrics), "
+            "cause.$": "States.Format('The eval variant did not meet the quality gate (metrics.ndcg_at_10 >= "
+                       "threshold = max(evaluation.min_ndcg_at_10 = {}, active version NDCG@10 - "
+                       "evaluation.max_regression = {})); nothing was published. Evaluation: {} (metrics "
+                       "kept at {}).', $.run.config.evaluation.min_ndcg_at_10, "
+                       "$.run.config.evaluation.max_regression, States.JsonToString($.evaluation), "
                        "$.run.uris.metrics)",
         })
         release_gate = self.lambda_task("Release lock (gate)", "Release", {"run_id.$": "$.run.run_id"},

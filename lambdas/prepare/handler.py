@@ -32,7 +32,7 @@ def lambda_handler(event: dict[str, Any], context: Any, *,
         event.get("input"), event["execution_name"],
         bucket=runs.bucket_name(), table=runs.table_name(),
         defaults=deploy_defaults(os.environ.get(DEFAULTS_ENV)),
-        s3=s3, dynamodb=dynamodb,
+        s3=s3, dynamodb=dynamodb, job_prefix=runs.job_prefix(),
     )
     logger.info("Run prepared", extra={"run_id": document["run_id"],
                                        "variants": [v["name"] for v in document["variants"]]})

@@ -2,8 +2,10 @@
 
 The run document it returns is the state data every later state reads (``$.run`` in the state
 machine): the run id, the resolved config (nested, so ASL paths like
-``$.run.config.resources.training_instance_type`` work), every S3 URI and every SageMaker job name
-of the run, and the list of model variants the ``Models`` Map iterates over.
+``$.run.config.resources.fm_instance_type`` work), every S3 URI, the base name of every SageMaker
+job and model of the run (``<prefix>-<run id>[-<variant>]-<kind>``; the state machine appends
+``-<retry count>-<redrive count>`` so that each attempt's name is new), and the list of model
+variants the ``Models`` Map iterates over.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def _channel(name: str, uri: str) -> dict[str, Any]:
     }
 
 
-def variant_document(run_id: str, run: str, processed: str, name: str) -> dict[str, Any]:
+def variant_document(run_id: str, run: str, processed: str, name: str, *,
+                     job_prefix: str = runs.DEFAULT_JOB_PREFIX) -> dict[str, Any]:
     """Where one model variant reads and writes, and its SageMaker names.
 
     ``eval`` trains on ``train/`` with the holdout as ``test`` channel; ``serve`` trains on ``full/``.
@@ -97,18 +100,19 @@ def variant_document(run_id: str, run: str, processed: str, name: str) -> dict[s
         "vectors": runs.prefix_uri(run, name, "vectors"),
         "knn_output": runs.prefix_uri(run, name, "knn"),
         "transform_output": runs.prefix_uri(run, name, "transform"),
-        "jobs": {kind: runs.job_name(run_id, kind, name) for kind in ("fm", "knn", "model", "xform")},
+        "jobs": {kind: runs.job_name(run_id, kind, name, prefix=job_prefix)
+                 for kind in ("fm", "knn", "model", "xform")},
     }
 
 
 def run_document(run_id: str, execution_name: str, bucket: str, flat: Mapping[str, Any],
-                 *, now: float) -> dict[str, Any]:
+                 *, now: float, job_prefix: str = runs.DEFAULT_JOB_PREFIX) -> dict[str, Any]:
     """The run document (pure: no AWS calls)."""
     run = runs.run_prefix(bucket, run_id)
     processed = runs.prefix_uri(run, "processed")
     has_eval = float(flat["evaluation.holdout_fraction"]) > 0
     names = [EVAL, SERVE] if has_eval else [SERVE]
-    variants = [variant_document(run_id, run, processed, n) for n in names]
+    variants = [variant_document(run_id, run, processed, n, job_prefix=job_prefix) for n in names]
     by_name = {v["name"]: v for v in variants}
     return {
         "run_id": run_id,
@@ -126,7 +130,7 @@ def run_document(run_id: str, execution_name: str, bucket: str, flat: Mapping[st
             "manifest": runs.join_uri(processed, "manifest.json"),
             "metrics": runs.join_uri(run, "metrics.json"),
         },
-        "jobs": {"processing": runs.job_name(run_id, "process")},
+        "jobs": {"processing": runs.job_name(run_id, "process", prefix=job_prefix)},
         "variants": variants,
         "transform_outputs": {EVAL: by_name[EVAL]["transform_output"] if has_eval else None,
                               SERVE: by_name[SERVE]["transform_output"]},
@@ -135,7 +139,8 @@ def run_document(run_id: str, execution_name: str, bucket: str, flat: Mapping[st
 
 def prepare(execution_input: Any, execution_name: str, *, bucket: str, table: str,
             defaults: Mapping[str, Any], s3: Any, dynamodb: Any,
-            now: Callable[[], float] = time.time) -> dict[str, Any]:
+            now: Callable[[], float] = time.time,
+            job_prefix: str = runs.DEFAULT_JOB_PREFIX) -> dict[str, Any]:
     """Validate, lay out the run, write ``runs/<run_id>/config.json``, then take the lock.
 
     The lock is the last side effect, so a failure before it leaves nothing to release.
@@ -143,7 +148,7 @@ def prepare(execution_input: Any, execution_name: str, *, bucket: str, table: st
     flat = resolve_input(execution_input, defaults)
     run_id = runs.derive_run_id(execution_name)
     t = now()
-    document = run_document(run_id, execution_name, bucket, flat, now=t)
+    document = run_document(run_id, execution_name, bucket, flat, now=t, job_prefix=job_prefix)
     runs.put_json(s3, document["uris"]["config"], flat)
     document["lock_expires_at"] = acquire_lock(dynamodb, table, run_id, execution_name, now=t)
     return document

@@ -20,6 +20,9 @@ moto refuses to re-raise an error whose name starts with ``States.`` from a ``Fa
 iteration, which AWS allows; :func:`installed` makes those two places build the matching
 ``States.*`` error name instead.
 
+moto's context object has no ``Execution.RedriveCount`` (AWS's has, 0 until an execution is
+redriven; the definition builds SageMaker names from it): :func:`installed` adds it as 0.
+
 Retry waits really sleep in moto; :func:`installed` scales them by ``retry_scale`` (the
 interpreter's ``time`` module in the retrier is replaced by a proxy whose ``sleep`` is scaled).
 
@@ -46,6 +49,7 @@ LOG = logging.getLogger(__name__)
 MOTO_VERSION = "5.2.5"
 
 _P = "moto.stepfunctions.parser.asl.component"
+_WORKER = "moto.stepfunctions.parser.backend.execution_worker"
 # (module, attribute) pairs this hook relies on.
 MOTO_INTERNALS: tuple[tuple[str, str], ...] = (
     (f"{_P}.state.exec.state_task.state_task_factory", "state_task_service_for"),
@@ -64,6 +68,7 @@ MOTO_INTERNALS: tuple[tuple[str, str], ...] = (
     ("moto.stepfunctions.parser.api", "TaskFailedEventDetails"),
     ("moto.stepfunctions.parser.api", "HistoryEventType"),
     ("moto.core.config", "default_user_config"),
+    (_WORKER, "ExecutionWorker"),
 )
 # Methods of StateTaskService that LocalTaskService overrides or calls; their names must not move.
 STATE_TASK_SERVICE_METHODS: tuple[str, ...] = (
@@ -99,6 +104,8 @@ def check_moto_internals() -> None:
             for name in STATE_TASK_SERVICE_METHODS
             if not callable(getattr(service_cls, name, None))
         ]
+        if not callable(getattr(_import(_WORKER, "ExecutionWorker"), "_get_evaluation_environment", None)):
+            problems.append("ExecutionWorker has no method '_get_evaluation_environment'")
         states_type = _import(f"{_P}.common.error_name.states_error_name_type", "StatesErrorNameType")
         if not hasattr(states_type, "StatesTaskFailed"):
             problems.append("StatesErrorNameType has no member 'StatesTaskFailed'")
@@ -131,6 +138,7 @@ _registry_lock = threading.Lock()
 _handlers: dict[str, TaskHandler] = {}
 _original_factory: Callable[..., Any] | None = None
 _original_retrier_time: Any = None
+_original_environment: Any = None
 _install_depth = 0
 
 
@@ -234,6 +242,18 @@ class _ScaledTime:
 _ERROR_NAME_MODULES = (f"{_P}.state.fail.state_fail", f"{_P}.state.exec.state_map.iteration.iteration_worker")
 
 
+def _with_redrive_count(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``ExecutionWorker._get_evaluation_environment``: the context object gets AWS's
+    ``Execution.RedriveCount`` (0: the local engine never redrives)."""
+
+    def environment(self: Any) -> Any:
+        env = original(self)
+        env.states.context_object.context_object_data["Execution"].setdefault("RedriveCount", 0)
+        return env
+
+    return environment
+
+
 def _lenient_error_name_factory() -> Callable[..., Any]:
     """A stand-in for ``CustomErrorName`` that accepts ``States.*`` names (re-raised errors)."""
     custom = _import(f"{_P}.common.error_name.custom_error_name", "CustomErrorName")
@@ -267,7 +287,7 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
     Also turns real execution on (:func:`enable_execution`) and scales Retry waits by ``retry_scale``.
     Nested use is allowed; the innermost handlers win for their services.
     """
-    global _original_factory, _original_retrier_time, _install_depth
+    global _original_factory, _original_retrier_time, _original_environment, _install_depth
     check_moto_internals()
     enable_execution()
     factory_module: Any = importlib.import_module(f"{_P}.state.exec.state_task.state_task_factory")
@@ -291,6 +311,9 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
             lenient = _lenient_error_name_factory()
             for module in error_name_modules:
                 module.CustomErrorName = lenient
+            worker = _import(_WORKER, "ExecutionWorker")
+            _original_environment = worker._get_evaluation_environment
+            worker._get_evaluation_environment = _with_redrive_count(_original_environment)
         retrier_time_before = retrier_module.time
         retrier_module.time = _ScaledTime(retry_scale)
         _install_depth += 1
@@ -307,4 +330,5 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
                 custom = _import(f"{_P}.common.error_name.custom_error_name", "CustomErrorName")
                 for module in error_name_modules:
                     module.CustomErrorName = custom
+                _import(_WORKER, "ExecutionWorker")._get_evaluation_environment = _original_environment
                 retrier_module.time = _original_retrier_time

@@ -42,6 +42,6 @@ def test_substitutions_are_exactly_the_placeholders_used() -> None:
 
 def test_iam_job_prefix_is_the_one_job_names_use() -> None:
     from infra.pipeline import JOB_PREFIX
-    from recpipe.runs import JOB_PREFIX as RUNS_JOB_PREFIX
+    from recpipe.runs import DEFAULT_JOB_PREFIX
 
-    assert JOB_PREFIX == RUNS_JOB_PREFIX
+    assert f"{DEFAULT_JOB_PREFIX}-" == JOB_PREFIX

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ def test_each_variant_trains_fm_repackages_trains_knn_and_transforms(
     fm_models = list((variant_dir / "fm").rglob("model.tar.gz"))
     knn_models = list((variant_dir / "knn").rglob("model.tar.gz"))
     assert len(fm_models) == 1 and len(knn_models) == 1
-    assert fm_models[0].parent.name == "output" and fm_models[0].parent.parent.name.endswith("fm")
+    assert fm_models[0].parent.name == "output"
+    assert re.fullmatch(rf"recpipe-.*-{variant}-fm-0-0", fm_models[0].parent.parent.name)  # first attempt
     with tarfile.open(fm_models[0]) as tar:
         assert tar.getnames()
     user_files = [p for p in (variant_dir / "vectors").rglob("*") if p.is_file() and "user" in p.as_posix()]

@@ -27,6 +27,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     monkeypatch.setenv(BUCKET_ENV, BUCKET)
     monkeypatch.setenv(TABLE_ENV, TABLE)
     monkeypatch.delenv("RECPIPE_DEFAULTS", raising=False)
+    monkeypatch.delenv(runs.JOB_PREFIX_ENV, raising=False)
     with mock_aws():
         s3 = boto3.client("s3")
         ddb: Any = boto3.client("dynamodb")
@@ -159,8 +160,20 @@ def test_job_names_fit_for_the_longest_execution_name(aws: tuple[Any, Any]) -> N
     names = [doc["jobs"]["processing"]] + [n for v in doc["variants"] for n in v["jobs"].values()]
     assert len(set(names)) == len(names) == 9
     for name in names:
-        assert name.startswith("recpipe-") and len(name) <= 63
+        assert name.startswith("recpipe-") and len(name) + runs.ATTEMPT_SUFFIX_CHARS <= 63
         assert all(c.isalnum() or c == "-" for c in name)
+
+
+def test_job_names_start_with_the_deployed_prefix(aws: tuple[Any, Any],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    s3, ddb = aws
+    monkeypatch.setenv(runs.JOB_PREFIX_ENV, "team-b")
+    doc = handler.lambda_handler({"input": {}, "execution_name": "r1"}, None, s3=s3, dynamodb=ddb)
+    assert doc["jobs"]["processing"] == "team-b-r1-process"
+    assert doc["variants"][-1]["jobs"]["model"] == "team-b-r1-serve-model"
+    monkeypatch.setenv(runs.JOB_PREFIX_ENV, "Team_B")
+    with pytest.raises(ConfigurationError, match=runs.JOB_PREFIX_ENV):
+        handler.lambda_handler({"input": {}, "execution_name": "r2"}, None, s3=s3, dynamodb=ddb)
 
 
 def test_handler_reads_environment_and_rejects_malformed_event(aws: tuple[Any, Any],

@@ -45,10 +45,43 @@ def test_case_variants_do_not_collide() -> None:
     assert runs.derive_run_id("Run-A") != runs.derive_run_id("run-a")
 
 
-def test_job_name_limit() -> None:
+def test_job_name_keeps_a_short_run_id() -> None:
     assert runs.job_name("r", "fm", "eval") == "recpipe-r-eval-fm"
-    with pytest.raises(InputError, match="63"):
-        runs.job_name("x" * 50, "model", "serve")
+    assert runs.job_name("r", "process", prefix="prod-recs") == "prod-recs-r-process"
+
+
+@pytest.mark.parametrize("prefix", ["recpipe", "a", "x" * 32])
+def test_job_names_leave_room_for_the_attempt_suffix_with_any_prefix(prefix: str) -> None:
+    run_id = runs.derive_run_id("x" * 80)
+    assert len(run_id) == runs.MAX_RUN_ID
+    names = {runs.job_name(run_id, kind, variant, prefix=prefix)
+             for variant in ("eval", "serve") for kind in ("fm", "knn", "model", "xform")}
+    names.add(runs.job_name(run_id, "process", prefix=prefix))
+    assert len(names) == 9
+    for name in names:
+        assert name.startswith(prefix + "-")
+        assert len(name) + runs.ATTEMPT_SUFFIX_CHARS <= runs.MAX_JOB_NAME == 63, name
+    # One shortened run part for every name of the run, and distinct between runs.
+    other = runs.job_name(runs.derive_run_id("y" * 80), "fm", "eval", prefix=prefix)
+    assert other != runs.job_name(run_id, "fm", "eval", prefix=prefix)
+    run_parts = {n.removeprefix(prefix + "-").removesuffix("-process").split("-eval-")[0].split("-serve-")[0]
+                 for n in names}
+    assert len(run_parts) == 1
+
+
+def test_job_prefix_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runs.JOB_PREFIX_ENV, raising=False)
+    assert runs.job_prefix() == runs.DEFAULT_JOB_PREFIX == "recpipe"
+    monkeypatch.setenv(runs.JOB_PREFIX_ENV, "team-a-recs")
+    assert runs.job_prefix() == "team-a-recs"
+
+
+@pytest.mark.parametrize("prefix", ["Recpipe", "-x", "x-", "a_b", "x" * 33])
+def test_job_prefix_rejects_names_sagemaker_arns_would_change(monkeypatch: pytest.MonkeyPatch,
+                                                              prefix: str) -> None:
+    monkeypatch.setenv(runs.JOB_PREFIX_ENV, prefix)
+    with pytest.raises(ConfigurationError, match="RECPIPE_JOB_PREFIX"):
+        runs.job_prefix()
 
 
 @pytest.mark.parametrize(("uri", "parts"), [("s3://b/k/x.json", ("b", "k/x.json")), ("s3://b", ("b", "")),

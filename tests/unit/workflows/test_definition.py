@@ -154,9 +154,16 @@ def test_retries(asl: dict[str, Any]) -> None:
         errors = [e for r in state["Retry"] for e in r["ErrorEquals"]]
         if "lambda:invoke" in state["Resource"]:
             assert "Lambda.TooManyRequestsException" in errors and "Lambda.ServiceException" in errors, name
+            assert all(r["MaxAttempts"] <= 3 for r in state["Retry"])
         else:
-            assert errors == ["SageMaker.AmazonSageMakerException"], name
-        assert all(r["MaxAttempts"] <= 3 and isinstance(r["IntervalSeconds"], int) for r in state["Retry"])
+            # A full quota waits minutes (its own retrier, first), other service errors seconds.
+            limit, other = state["Retry"]
+            assert limit["ErrorEquals"] == ["SageMaker.ResourceLimitExceededException"], name
+            assert other["ErrorEquals"] == ["SageMaker.AmazonSageMakerException"], name
+            assert limit["IntervalSeconds"] >= 60 and limit["IntervalSeconds"] > 4 * other["IntervalSeconds"]
+            # Every retry count fits the one or two digits the names leave room for.
+            assert limit["MaxAttempts"] + other["MaxAttempts"] <= 99
+        assert all(isinstance(r["IntervalSeconds"], int) for r in state["Retry"])
 
 
 def lambda_payload(state: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +178,7 @@ def test_data_flow_of_the_top_level(asl: dict[str, Any]) -> None:
     assert prepare["ResultSelector"] == {"run.$": "$.Payload"} and prepare["ResultPath"] == "$"
 
     process = top["Process"]["Parameters"]
-    assert process["ProcessingJobName.$"] == "$.run.jobs.processing"
+    assert process["ProcessingJobName.$"] == wf.attempt_name("$.run.jobs.processing")
     inputs = {i["InputName"]: i["S3Input"] for i in process["ProcessingInputs"]}
     assert inputs["data"]["S3Uri.$"] == "$.run.uris.data"
     assert inputs["data"]["LocalPath"] == "/opt/ml/processing/input/data"
@@ -229,7 +236,7 @@ def test_data_flow_inside_the_map(asl: dict[str, Any]) -> None:
     p = fm["Parameters"]
     assert p["HyperParameters.$"] == "$.plan.fm_hyperparameters"
     assert p["InputDataConfig.$"] == "$.variant.fm_channels"
-    assert p["TrainingJobName.$"] == "$.variant.jobs.fm"
+    assert p["TrainingJobName.$"] == wf.attempt_name("$.variant.jobs.fm")
     assert p["AlgorithmSpecification"] == {"TrainingImage": "${FmImageUri}", "TrainingInputMode": "File"}
     assert p["ResourceConfig"]["InstanceType.$"] == "$.config.resources.training_instance_type"
     assert "DebugHookConfig" not in p and "ProfilerConfig" not in p
@@ -251,12 +258,17 @@ def test_data_flow_inside_the_map(asl: dict[str, Any]) -> None:
     assert channel["DataSource"]["S3DataSource"]["S3Uri.$"] == "$.vectors.items_prefix"
     assert inner["Train k-NN"]["ResultPath"] == "$.knn"
 
+    assert knn["TrainingJobName.$"] == wf.attempt_name("$.variant.jobs.knn")
+
     model = inner["Create model"]["Parameters"]
-    assert model["ModelName.$"] == "$.variant.jobs.model"
+    assert model["ModelName.$"] == wf.attempt_name("$.variant.jobs.model")
     assert model["PrimaryContainer"] == {"Image": "${KnnImageUri}", "ModelDataUrl.$": "$.knn.model_artifact"}
+    assert inner["Create model"]["ResultPath"] == "$.model"
+    assert inner["Create model"]["ResultSelector"]["name.$"] == wf.MODEL_NAME_FROM_ARN
 
     transform = inner["Batch transform"]["Parameters"]
-    assert transform["ModelName.$"] == model["ModelName.$"]
+    assert transform["TransformJobName.$"] == wf.attempt_name("$.variant.jobs.xform")
+    assert transform["ModelName.$"] == "$.model.name"  # the name Create model created
     assert transform["TransformInput"] == {
         "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri.$": "$.vectors.users_prefix"}},
         "ContentType": "application/x-recordio-protobuf", "SplitType": "RecordIO"}
@@ -273,23 +285,50 @@ def resolve(path: str, data: Any) -> Any:
     return node
 
 
-def test_job_names_fit_for_the_longest_execution_name(asl: dict[str, Any]) -> None:
+def attempt_base(expression: str) -> str:
+    """The base-name path of a per-attempt name expression (``wf.attempt_name(path)``)."""
+    match = re.search(r", (\$\.[\w.]+),", expression)
+    assert match and expression == wf.attempt_name(match.group(1)), expression
+    return match.group(1)
+
+
+NAME_FIELDS = ("ProcessingJobName.$", "TrainingJobName.$", "ModelName.$", "TransformJobName.$")
+
+
+@pytest.mark.parametrize("prefix", ["recpipe", "x" * 32])
+def test_job_names_fit_for_the_longest_execution_name(asl: dict[str, Any], prefix: str) -> None:
     name = "Scheduled.Run_2024-01-01T00:00:00Z-" + "x" * 45  # 80 characters, the Step Functions limit
     assert len(name) == 80
-    doc = run_document(derive_run_id(name), name, "bucket", cfg.resolve({}), now=0.0)
-    name_fields = ("ProcessingJobName.$", "TrainingJobName.$", "ModelName.$", "TransformJobName.$")
-    top_params = states(asl)["Process"]["Parameters"]
-    names = [resolve(top_params["ProcessingJobName.$"], {"run": doc})]
+    doc = run_document(derive_run_id(name), name, "bucket", cfg.resolve({}), now=0.0, job_prefix=prefix)
+    named = [(states(asl)["Process"], {"run": doc})]
     for variant in doc["variants"]:
         item = {"run_id": doc["run_id"], "variant": variant, "config": doc["config"]}
-        for _, state in iterator(asl).items():
-            for key in name_fields:
-                if key in state.get("Parameters", {}):
-                    names.append(resolve(state["Parameters"][key], item))
-    assert len(names) == 1 + 2 * 5
-    assert len(set(names)) == 1 + 2 * 4  # Create model and Batch transform share the model name
+        named += [(state, item) for state in iterator(asl).values()]
+    names = []
+    for state, data in named:
+        for key in NAME_FIELDS:
+            expression = state.get("Parameters", {}).get(key)
+            if expression is None or expression == "$.model.name":
+                continue
+            retries = sum(r["MaxAttempts"] for r in state["Retry"])
+            # The longest name an attempt can get: every retry used, a four-digit redrive count.
+            names.append(f"{resolve(attempt_base(expression), data)}-{retries}-9999")
+    assert len(names) == len(set(names)) == 1 + 2 * 4
     for job in names:
-        assert re.fullmatch(r"recpipe-[a-z0-9](-*[a-z0-9]){0,54}", job) and len(job) <= 63, job
+        assert re.fullmatch(re.escape(prefix) + r"-[a-z0-9](-*[a-z0-9]){0,62}", job) and len(job) <= 63, job
+
+
+def test_quality_gate_report_formats_nothing_that_can_be_null(asl: dict[str, Any]) -> None:
+    """States.Format must not receive a null: on a first run there is no active version, and
+    metrics may be null. Only validated config numbers, a URI and JSON text go in."""
+    cause = states(asl)["Quality gate report"]["Parameters"]["cause.$"]
+    match = re.fullmatch(r"States\.Format\('(?:[^'\\]|\\.)*', (.*)\)", cause)
+    assert match, cause
+    arguments = [a.strip() for a in re.split(r",\s*(?![^()]*\))", match.group(1))]
+    assert arguments == ["$.run.config.evaluation.min_ndcg_at_10", "$.run.config.evaluation.max_regression",
+                         "States.JsonToString($.evaluation)", "$.run.uris.metrics"]
+    for config_key in arguments[:2]:
+        assert cfg.defaults()[config_key.removeprefix("$.run.config.")] is not None
 
 
 def test_print_definition(capsys: pytest.CaptureFixture[str]) -> None:

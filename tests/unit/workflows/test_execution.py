@@ -7,6 +7,7 @@ Each test runs one execution and checks what every task received and how the run
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
@@ -62,6 +63,8 @@ class Harness:
     calls: Calls
     # state name -> exception to raise instead of the stub's normal result
     failures: dict[str, Exception] = field(default_factory=dict)
+    # state name -> exception raised by that state's first call only (then it succeeds)
+    fail_once: dict[str, Exception] = field(default_factory=dict)
     ndcg: float = 0.25
     threshold: float = 0.1
 
@@ -142,6 +145,10 @@ def stub_sagemaker(h: Harness) -> Callable[[TaskCall], Any]:
         h.calls.add(call.state_name, p)
         if call.state_name in h.failures:
             raise h.failures[call.state_name]
+        with h.calls.lock:
+            once = h.fail_once.pop(call.state_name, None)
+        if once is not None:
+            raise once
         if call.action == "createProcessingJob":
             manifest(p)
             return {"ProcessingJobName": p["ProcessingJobName"], "ProcessingJobStatus": "Completed"}
@@ -203,7 +210,7 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
     root = f"s3://{BUCKET}/runs/{run_id}"
 
     process = calls.of("Process")[0]
-    assert process["ProcessingJobName"] == f"recpipe-{run_id}-process"
+    assert process["ProcessingJobName"] == f"recpipe-{run_id}-process-0-0"
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in process["ProcessingInputs"]}
     assert inputs == {"data": f"s3://{BUCKET}/input/", "config": f"{root}/config.json",
                       "code": f"s3://{BUCKET}/code/processing/"}
@@ -225,7 +232,7 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
     repackage = {c["variant"]: c for c in calls.of("Repackage")}
     assert repackage["serve"] == {
         "run_id": run_id, "variant": "serve", "manifest": f"{root}/processed/manifest.json",
-        "model_artifact": f"{root}/serve/fm/recpipe-{run_id}-serve-fm/output/model.tar.gz",
+        "model_artifact": f"{root}/serve/fm/recpipe-{run_id}-serve-fm-0-0/output/model.tar.gz",
         "output_prefix": f"{root}/serve/vectors/", "user_shards": 4}
 
     knn = by_variant(calls.of("Train k-NN"), "TrainingJobName")
@@ -237,7 +244,8 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
 
     model = by_variant(calls.of("Create model"), "ModelName")
     assert model["serve"]["PrimaryContainer"]["ModelDataUrl"] == (
-        f"{root}/serve/knn/recpipe-{run_id}-serve-knn/output/model.tar.gz")
+        f"{root}/serve/knn/recpipe-{run_id}-serve-knn-0-0/output/model.tar.gz")
+    assert model["serve"]["ModelName"] == f"recpipe-{run_id}-serve-model-0-0"
 
     transform = by_variant(calls.of("Batch transform"), "TransformJobName")
     assert transform["serve"]["ModelName"] == model["serve"]["ModelName"]
@@ -262,7 +270,7 @@ def test_no_holdout_runs_serve_only_and_skips_the_gate(harness: Harness) -> None
                        "resources.training_instance_type": "ml.c5.2xlarge"})
     assert out["status"] == "SUCCEEDED", out
     assert "Evaluate" not in harness.calls.states()
-    assert [c["TrainingJobName"] for c in harness.calls.of("Train FM")] == ["recpipe-test-run-serve-fm"]
+    assert [c["TrainingJobName"] for c in harness.calls.of("Train FM")] == ["recpipe-test-run-serve-fm-0-0"]
     assert harness.calls.of("Train FM")[0]["ResourceConfig"]["InstanceType"] == "ml.c5.2xlarge"
     assert harness.calls.of("Publish")[0]["metrics"] is None
 
@@ -272,7 +280,9 @@ def test_quality_gate_not_met_publishes_nothing_and_releases(harness: Harness) -
     out = harness.run({})
     assert out["status"] == "FAILED"
     assert out["error"] == "QualityGateNotMet"
-    assert "NDCG@10 of the eval variant is 0.05, below the threshold 0.1" in out["cause"]
+    assert out["cause"].startswith("The eval variant did not meet the quality gate")
+    assert '"ndcg_at_10":0.05' in out["cause"] and '"threshold":0.1' in out["cause"]
+    assert '"active_ndcg_at_10":null' in out["cause"]  # a first run: no active version
     assert '"users_evaluated":5' in out["cause"]
     assert "Publish" not in harness.calls.states()
     assert harness.calls.states()[-1] == "Release lock (gate)"
@@ -281,8 +291,10 @@ def test_quality_gate_not_met_publishes_nothing_and_releases(harness: Harness) -
 
 def test_missing_metrics_fail_the_gate_instead_of_the_choice(harness: Harness) -> None:
     harness.ndcg = None  # type: ignore[assignment]  # e.g. no user had a relevant held-out item
+    harness.threshold = None  # type: ignore[assignment]
     out = harness.run({})
     assert (out["status"], out["error"]) == ("FAILED", "QualityGateNotMet")
+    assert '"ndcg_at_10":null' in out["cause"] and '"threshold":null' in out["cause"]
     assert "Publish" not in harness.calls.states()
     assert harness.lock_owner() is None
 
@@ -322,3 +334,48 @@ def test_a_held_lock_refuses_the_run_and_is_left_alone(harness: Harness) -> None
     assert (out["status"], out["error"]) == ("FAILED", "LockHeldError")
     assert "run 'other-run'" in out["cause"]
     assert harness.lock_owner() == "other-run"
+
+
+def test_a_retried_create_names_a_new_resource_and_the_transform_uses_the_created_model(
+        harness: Harness) -> None:
+    # A retried Create* whose first call reached SageMaker must not reuse the name.
+    harness.fail_once["Create model"] = TaskFailure("SageMaker.ResourceLimitExceededException", "quota")
+    harness.fail_once["Train FM"] = TaskFailure("SageMaker.AmazonSageMakerException", "throttled")
+    out = harness.run({})
+    assert out["status"] == "SUCCEEDED", out
+    fm_names = sorted(c["TrainingJobName"] for c in harness.calls.of("Train FM"))
+    assert len(fm_names) == 3  # eval, serve, and one retry
+    retried = [n for n in fm_names if n.endswith("-fm-1-0")]
+    assert len(retried) == 1 and retried[0].replace("-fm-1-0", "-fm-0-0") in fm_names
+    models = [c["ModelName"] for c in harness.calls.of("Create model")]
+    assert len(models) == len(set(models)) == 3
+    assert sum(m.endswith("-model-1-0") for m in models) == 1
+    created = {variant: [m for m in models if f"-{variant}-" in m][-1] for variant in ("eval", "serve")}
+    used = by_variant(harness.calls.of("Batch transform"), "TransformJobName")
+    assert {v: c["ModelName"] for v, c in used.items()} == created
+
+
+def test_a_redriven_execution_names_every_job_anew(harness: Harness) -> None:
+    """Step Functions redrive re-runs failed states with the same input: only
+    ``$$.Execution.RedriveCount`` tells the attempts apart (moto cannot redrive; the context says 2)."""
+    module = importlib.import_module("moto.stepfunctions.parser.backend.execution_worker")
+    worker: Any = module.ExecutionWorker
+    original = worker._get_evaluation_environment
+
+    def redriven(self: Any) -> Any:
+        env = original(self)
+        env.states.context_object.context_object_data["Execution"]["RedriveCount"] = 2
+        return env
+
+    worker._get_evaluation_environment = redriven
+    try:
+        out = harness.run({})
+    finally:
+        worker._get_evaluation_environment = original
+    assert out["status"] == "SUCCEEDED", out
+    names = [c[key] for state in ("Process", "Train FM", "Train k-NN", "Create model", "Batch transform")
+             for c in harness.calls.of(state)
+             for key in ("ProcessingJobName", "TrainingJobName", "TransformJobName") if key in c]
+    names += [c["ModelName"] for c in harness.calls.of("Create model")]
+    assert len(names) == len(set(names)) == 9
+    assert all(n.endswith("-0-2") for n in names), names
