@@ -16,6 +16,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.alerts import FailureAlerts
+from infra.api import ReadApi
 from infra.functions import PipelineFunctions
 from infra.images import FM_IMAGE, KNN_IMAGE, PROCESSING_IMAGE, BuiltinImages
 from infra.lambda_bundling import dependency_layer_code, directory_size, function_code, stage_function_code
@@ -85,10 +86,11 @@ class RecpipeStack(Stack):
                                               files=workflow.processing_files, cache_dir=cache_dir)
 
         staged_code = stage_function_code(project_root, cache_dir)
+        code = function_code(staged_code)
         self.functions = PipelineFunctions(
             self, "Functions",
             handlers=workflow.handlers,
-            code=function_code(staged_code),
+            code=code,
             dependencies=dependency_layer_code(cache_dir=cache_dir, bundle=settings.bundle_dependencies,
                                                function_code_bytes=directory_size(staged_code)),
             data=self.data,
@@ -102,6 +104,8 @@ class RecpipeStack(Stack):
                 "recpipe:placeholderLayer",
                 "recpipe:bundleDependencies is false: the Lambda layer is a placeholder without numpy/scipy. "
                 "Fine for tests; never deploy this assembly.")
+        self.api = ReadApi(self, "Api", table=self.results.table, code=code, layer=self.functions.layer,
+                           name_prefix=settings.name_prefix, log_retention=retention)
         self.sagemaker = SageMakerExecutionRole(self, "SageMaker", data=self.data, images=self.images)
 
         available = {
@@ -145,6 +149,9 @@ class RecpipeStack(Stack):
                   description="Data bucket: upload interactions under input/interactions/")
         CfnOutput(self, "TableName", value=self.results.table.table_name,
                   description="Results table (recpipe recommend USER_ID --aws)")
+        CfnOutput(self, "ApiUrl", value=self.api.url,
+                  description="Read API (IAM auth, SigV4): GET <url>recommendations/USER_ID?n=10, "
+                              "GET <url>similar/ITEM_ID")
         CfnOutput(self, "StateMachineArn", value=self.pipeline.state_machine.state_machine_arn,
                   description="Pipeline state machine (recpipe run --aws --state-machine-arn ...)")
         CfnOutput(self, "AlertsTopicArn", value=self.alerts.topic.topic_arn,

@@ -23,11 +23,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 
 from recpipe import tables
-from recpipe.serving import Reader
+from recpipe.serving import Reader, routes
 from recpipe.serving.exceptions import ServingError
-from recpipe.serving.reader import DEFAULT_POINTER_TTL_S
-
-POINTER_TTL_ENV = "RECPIPE_POINTER_TTL_SECONDS"
+from recpipe.serving.reader import DEFAULT_POINTER_TTL_S, POINTER_TTL_ENV
 
 logger = Logger(service="recpipe-api")
 app = APIGatewayHttpResolver()
@@ -57,13 +55,13 @@ def _reader() -> Reader:
     return reader
 
 
-@app.get("/recommendations/<user_id>")
+@app.get(routes.powertools_rule(routes.RECOMMENDATIONS))
 def recommendations(user_id: str) -> dict[str, Any]:
     query = app.current_event.query_string_parameters or {}
     return _reader().recommendations(user_id, query.get("n"), query.get("recent"))
 
 
-@app.get("/similar/<item_id>")
+@app.get(routes.powertools_rule(routes.SIMILAR))
 def similar(item_id: str) -> dict[str, Any]:
     query = app.current_event.query_string_parameters or {}
     return _reader().similar(item_id, query.get("n"))

@@ -36,6 +36,8 @@ from recpipe.serving.exceptions import (
 
 DEFAULT_N = 10
 DEFAULT_POINTER_TTL_S = 10.0
+# The API Lambda's environment variable for pointer_ttl_s (set by infra/api.py).
+POINTER_TTL_ENV = "RECPIPE_POINTER_TTL_SECONDS"
 # A BatchGetItem call takes at most 100 keys; a fallback from more recent items would not be better.
 MAX_RECENT = 50
 _BATCH_ATTEMPTS = 5

@@ -46,10 +46,14 @@ def _data_bucket(synth: Synth) -> str:
 
 
 def _functions(synth: Synth) -> dict[str, tuple[str, dict[str, Any]]]:
-    """handler -> (logical id, properties) of the pipeline's functions (not CDK's own)."""
+    """handler -> (logical id, properties) of the pipeline's functions (not CDK's own, not the read
+    API's: tests/infra/test_api.py)."""
+    from infra.api import HANDLER as API_HANDLER
+
     return {r["Properties"]["Handler"]: (k, r["Properties"])
             for k, r in synth.of_type("AWS::Lambda::Function").items()
-            if r["Properties"]["Handler"].startswith("lambdas.")}
+            if r["Properties"]["Handler"].startswith("lambdas.")
+            and r["Properties"]["Handler"] != API_HANDLER}
 
 
 # --- data bucket -----------------------------------------------------------------------------------
