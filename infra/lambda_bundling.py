@@ -50,7 +50,7 @@ _BUNDLER_VERSION = "1"
 # Function code: the packages the handlers import, minus what only runs locally.
 CODE_PACKAGES = ("lambdas", "recpipe")
 CODE_EXCLUDED = (
-    "recpipe/local", "recpipe/algorithms", "recpipe/remote", "recpipe/cli.py", "recpipe/datasets.py"
+    "recpipe/local", "recpipe/algorithms", "recpipe/remote", "recpipe/cli", "recpipe/datasets.py"
 )
 CODE_SUFFIXES = (".py", ".json")
 

@@ -1,0 +1,5 @@
+"""``python -m recpipe.cli``."""
+
+from recpipe.cli import app
+
+app()
