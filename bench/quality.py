@@ -258,7 +258,8 @@ def recpipe_in_process(
 
 def recpipe_engine(data_dir: Path, overrides: Mapping[str, Any]) -> tuple[Row, pd.DataFrame, float]:
     """The default pipeline through the local engine; the eval variant's metrics from metrics.json."""
-    from recpipe.local.engine import EngineOptions, LocalEngine, run_id_of
+    from recpipe.executions.history import run_id_of
+    from recpipe.local.engine import EngineOptions, LocalEngine
 
     with tempfile.TemporaryDirectory(prefix="recpipe-quality-") as tmp:
         workdir = Path(tmp)

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from recpipe.cli.core import console
-from recpipe.local.history import summarise_cause
+from recpipe.executions.history import summarise_cause
 
 _ICONS = {"running": "[yellow]…[/]", "succeeded": "[green]✓[/]", "failed": "[red]✗[/]",
           "aborted": "[dim]-[/]"}
@@ -135,16 +135,16 @@ def print_outcome(outcome: Any, run_id: str | None, started: float) -> None:
 
 def print_samples(ddb: Any, table: str, run_id: str | None, n: int = 3) -> None:
     """A few users' recommendations of the active version (after a local run)."""
-    from recpipe.local import results
+    from recpipe.results import read
 
-    pointer = results.active_pointer(ddb, table)
+    pointer = read.active_pointer(ddb, table)
     if not pointer:
         console.print("No version is published yet.")
         return
     active = str(pointer.get("run_id"))
     if run_id and active != run_id:
         console.print(f"The active version is still {active} (this run did not publish).")
-    rows = results.sample_users(ddb, table, active, n)
+    rows = read.sample_users(ddb, table, active, n)
     for row in rows:
         items = ", ".join(f"{i['item_id']} ({score(i['score'], 3)})" for i in row["items"][:10])
         console.print(f"  user {row['user_id']}: {items}")

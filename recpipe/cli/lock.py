@@ -47,7 +47,7 @@ def _lock_owner_state(target: Target, lock: Mapping[str, Any], now: float) -> tu
         if found == "RUNNING":
             return "running", f"its execution '{execution_name}' is RUNNING"
         return "ended", f"its execution '{execution_name}' ended {found}"
-    from recpipe.local import records
+    from recpipe.executions import records
 
     for record in reversed(records.all_records(target.workdir)):
         if owner == record.get("run_id") or execution_name == record.get("execution_name"):
@@ -77,13 +77,13 @@ def unlock(
     it, and the two race to publish (the later pointer flip fails with PointerConflictError). The
     lock is deleted only if that same run still holds it.
     """
-    from recpipe.local import results
     from recpipe.remote.exceptions import RemoteError
+    from recpipe.results import read
     from recpipe.results.lock import release_lock
 
     with open_table(workdir, dynamodb_endpoint, table, aws=aws, stack=stack, region=region,
                     state_machine_arn=state_machine_arn, want_state_machine=True) as target:
-        lock = results.lock_item(target.ddb, target.table)
+        lock = read.lock_item(target.ddb, target.table)
         if not lock:
             console.print(f"The run lock is free in {target.where}: no run holds it.")
             return
@@ -102,7 +102,7 @@ def unlock(
             raise fail(f"Not released: run {owner} {verb}. Releasing lets a new run start beside it; "
                        "pass --force to release anyway (see 'recpipe unlock --help').")
         released = release_lock(target.ddb, target.table, owner)
-        now_held = None if released else results.lock_item(target.ddb, target.table)
+        now_held = None if released else read.lock_item(target.ddb, target.table)
     if not released:
         holder = now_held.get("owner") if now_held else None
         raise fail(f"The lock changed meanwhile (now held by {holder or 'no run'}); nothing was deleted.",

@@ -26,14 +26,14 @@ def recommend(
     aws: bool = AWS, stack: str | None = STACK, region: str | None = REGION,
 ) -> None:
     """A user's recommendations from the active published version (local, or deployed with --aws)."""
-    from recpipe.local import results
+    from recpipe.results import read
 
     with open_table(workdir, dynamodb_endpoint, table, aws=aws, stack=stack, region=region) as target:
         run_id = active_run(target)
-        row = results.user_recommendations(target.ddb, target.table, user_id, run_id)
+        row = read.user_recommendations(target.ddb, target.table, user_id, run_id)
     if row is None:
         raise fail(f"Unknown user '{user_id}': the active version {run_id} has no recommendations for them.")
-    row = results.shape(row["user_id"], run_id, row["items"], top)
+    row = read.shape(row["user_id"], run_id, row["items"], top)
     if as_json:
         typer.echo(json.dumps(row))
         return
@@ -58,12 +58,12 @@ def export(
     Locally the users come in id order. With --aws they stream in the table's scan order: the scan
     reads every item of the table (all versions still kept), at 0.5 read units per 4 KB.
     """
-    from recpipe.local import results
+    from recpipe.results import read
 
     count = 0
     with open_table(workdir, dynamodb_endpoint, table, aws=aws, stack=stack, region=region) as target:
         run_id = active_run(target)
-        rows = results.all_recommendations(target.ddb, target.table, run_id, ordered=not aws)
+        rows = read.all_recommendations(target.ddb, target.table, run_id, ordered=not aws)
         if out is None:
             for row in rows:
                 sys.stdout.write(json.dumps(row) + "\n")

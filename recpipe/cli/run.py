@@ -98,7 +98,8 @@ def run(
 
 def _run_local(overrides: dict[str, Any], prefix: str, interactions: Path, users: Path | None,
                items: Path | None, workdir: Path, endpoint: str | None, table: str, keep_jobs: bool) -> int:
-    from recpipe.local.engine import EngineOptions, LocalEngine, run_id_of
+    from recpipe.executions.history import run_id_of
+    from recpipe.local.engine import EngineOptions, LocalEngine
     from recpipe.local.exceptions import LocalEngineError
 
     started = dt.datetime.now().timestamp()
@@ -135,15 +136,14 @@ def _run_local(overrides: dict[str, Any], prefix: str, interactions: Path, users
 
 
 def _run_aws(arn: str, overrides: dict[str, Any], workdir: Path, region: str | None, poll_s: float) -> int:
-    from recpipe.local import records
-    from recpipe.local.engine import new_execution_name, run_id_of
-    from recpipe.local.follow import follow, full_history
-    from recpipe.local.history import jsonable_events
+    from recpipe.executions import records
+    from recpipe.executions.follow import follow, full_history
+    from recpipe.executions.history import jsonable_events, run_id_of
     from recpipe.remote import aws as remote
     from recpipe.remote.exceptions import RemoteError
 
     started = dt.datetime.now().timestamp()
-    name = new_execution_name("cli")
+    name = records.new_execution_name("cli")
     try:
         sfn = remote.boto3_client("stepfunctions", region or remote.region_of_arn(arn))
         with remote.aws_errors(f"starting an execution of {arn}"):

@@ -21,14 +21,14 @@ def status(
     stack: str | None = STACK, region: str | None = REGION, state_machine_arn: str | None = STATE_MACHINE,
 ) -> None:
     """The states of a run, with their times and outcomes (the local record, or the AWS execution)."""
-    from recpipe.local.history import StateRun
+    from recpipe.executions.history import StateRun
 
     if aws:
         _status_aws(run_id, stack=stack, region=region, state_machine_arn=state_machine_arn)
         return
     check_local_only(False, None, stack=stack, region=region, state_machine_arn=state_machine_arn)
-    from recpipe.local import records
-    from recpipe.local.exceptions import RecordNotFoundError
+    from recpipe.executions import records
+    from recpipe.executions.exceptions import RecordNotFoundError
 
     try:
         record = records.load(workdir, run_id)
@@ -43,8 +43,8 @@ def status(
 
 def _status_aws(ref: str | None, *, stack: str | None, region: str | None,
                 state_machine_arn: str | None) -> None:
-    from recpipe.local.engine import run_id_of
-    from recpipe.local.follow import snapshot
+    from recpipe.executions.follow import snapshot
+    from recpipe.executions.history import run_id_of
     from recpipe.remote import aws as remote
     from recpipe.remote.exceptions import RemoteError
     from recpipe.runs import derive_run_id

@@ -72,9 +72,9 @@ def open_table(workdir: Path, endpoint: str | None, table: str | None, *, aws: b
 
 def active_run(target: Target) -> str:
     """The run id of the active version; exit 2 when nothing was published yet."""
-    from recpipe.local import results
+    from recpipe.results import read
 
-    pointer = results.active_pointer(target.ddb, target.table)
+    pointer = read.active_pointer(target.ddb, target.table)
     if not pointer:
         hint = "start a run on AWS first" if target.aws else "run 'recpipe run' first"
         raise fail(f"No version is published yet in {target.where}: {hint}.")

@@ -25,11 +25,11 @@ def versions(
 
     Any 'complete' version that has not expired can be made active again with 'recpipe rollback'.
     """
-    from recpipe.local import results
+    from recpipe.results import read
 
     with open_table(workdir, dynamodb_endpoint, table, aws=aws, stack=stack, region=region) as target:
-        found = results.versions(target.ddb, target.table)
-        pointer = results.active_pointer(target.ddb, target.table)
+        found = read.versions(target.ddb, target.table)
+        pointer = read.active_pointer(target.ddb, target.table)
     active = str(pointer["run_id"]) if pointer else None
     if as_json:
         typer.echo(json.dumps(found))
@@ -70,12 +70,12 @@ def rollback(
     next successful run publishes and becomes active as usual. A run publishing at the same moment
     fails its pointer flip (PointerConflictError) rather than overwrite the rollback.
     """
-    from recpipe.local import results
+    from recpipe.results import read
     from recpipe.results.exceptions import PointerConflictError, VersionNotActivatableError
     from recpipe.results.versions import activate
 
     with open_table(workdir, dynamodb_endpoint, table, aws=aws, stack=stack, region=region) as target:
-        pointer = results.active_pointer(target.ddb, target.table)
+        pointer = read.active_pointer(target.ddb, target.table)
         previous = str(pointer["run_id"]) if pointer else None
         if previous == run_id:
             console.print(f"Version {run_id} is already the active one in {target.where}; nothing changed.")
@@ -87,7 +87,7 @@ def rollback(
                        "the published ones).") from exc
         except PointerConflictError as exc:
             raise fail(str(exc), code=1) from exc
-        lock = results.lock_item(target.ddb, target.table)
+        lock = read.lock_item(target.ddb, target.table)
     console.print(f"Active version in {target.where}: {previous or 'none'} -> [bold]{result['run_id']}[/]")
     console.print(f"  previous active run: {previous or 'none'}\n  new active run: {result['run_id']}")
     if lock and lock.get("owner"):

@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import re
-import secrets
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,15 +32,17 @@ from typing import Any
 from unittest import mock
 
 from recpipe import tables
-from recpipe.local import records
+from recpipe.executions import records
+from recpipe.executions.follow import UpdateCallback, follow, full_history
+from recpipe.executions.history import ExecutionOutcome, jsonable_events, outcome_from, run_id_of
+from recpipe.executions.records import new_execution_name
 from recpipe.local.dynamodb import DEFAULT_TABLE, REGION, Dynalite, ensure_table
 from recpipe.local.exceptions import LocalEngineError
-from recpipe.local.follow import UpdateCallback, follow, full_history
-from recpipe.local.history import ExecutionOutcome, jsonable_events, outcome_from
 from recpipe.local.lambdas import Handler, LocalLambda
 from recpipe.local.moto_hook import TaskCall, installed
 from recpipe.local.s3store import S3Mirror
-from recpipe.local.sagemaker import JobProgress, LocalSageMaker, ProgressCallback
+from recpipe.local.sagemaker.service import LocalSageMaker
+from recpipe.local.sagemaker.training import JobProgress, ProgressCallback
 
 LOG = logging.getLogger(__name__)
 
@@ -114,12 +115,6 @@ def fill_placeholders(definition: str, values: Mapping[str, str]) -> str:
     if left:
         raise LocalEngineError(f"Placeholders without a local value: {', '.join(left)}.")
     return filled
-
-
-def new_execution_name(prefix: str = "local") -> str:
-    """``local-20250101-120000-ab12``: a valid run id as is (lower-case slug, < 43 characters)."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{prefix}-{stamp}-{secrets.token_hex(2)}"
 
 
 @dataclass
@@ -435,29 +430,6 @@ class LocalEngine:
 
         assert self.endpoint is not None
         return client(self.endpoint)
-
-
-def run_id_of(outcome: ExecutionOutcome) -> str | None:
-    """The run id from the first state output that carries one (Prepare's run document)."""
-    for state in outcome.states:
-        found = _find_key(state.output, "run_id")
-        if isinstance(found, str):
-            return found
-    found = _find_key(outcome.output, "run_id")
-    return found if isinstance(found, str) else None
-
-
-def _find_key(value: Any, key: str, depth: int = 0) -> Any:
-    if depth > 4:
-        return None
-    if isinstance(value, Mapping):
-        if key in value and isinstance(value[key], str):
-            return value[key]
-        for child in value.values():
-            found = _find_key(child, key, depth + 1)
-            if found is not None:
-                return found
-    return None
 
 
 def _iso(value: Any) -> str | None:

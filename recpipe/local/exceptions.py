@@ -27,7 +27,3 @@ class TaskFailure(Exception):
         self.error = error
         self.cause = cause
         super().__init__(f"{error}: {cause}")
-
-
-class RecordNotFoundError(LocalEngineError):
-    """No local record of the requested execution in the work directory."""

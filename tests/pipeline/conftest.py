@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from recpipe.local.engine import BUCKET, EngineOptions, LocalEngine, run_id_of
-from recpipe.local.history import ExecutionOutcome
+from recpipe.executions.history import ExecutionOutcome, run_id_of
+from recpipe.local.engine import BUCKET, EngineOptions, LocalEngine
 
 N_USERS, N_ITEMS = 60, 40
 GENRES = ("drama", "comedy", "action", "horror", "doc")

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from recpipe import config
 from recpipe.cli import app
-from recpipe.local import results
 from recpipe.local.dynamodb import client
 from recpipe.local.exceptions import TaskFailure
+from recpipe.results import read
 
 from .conftest import N_ITEMS, N_USERS, OVERRIDES, PipelineRun, Runner, write_dataset
 
@@ -135,10 +135,10 @@ def test_publish_serves_top_n_unseen_items_for_every_user_and_releases_the_lock(
     pipeline: PipelineRun,
 ) -> None:
     ddb = client(pipeline.endpoint)
-    pointer = results.active_pointer(ddb, pipeline.table)
+    pointer = read.active_pointer(ddb, pipeline.table)
     assert pointer is not None and pointer["run_id"] == pipeline.run_id
     assert pipeline.state("Publish").output["publish"]["users_written"] == N_USERS
-    rows = list(results.all_recommendations(ddb, pipeline.table, str(pipeline.run_id)))
+    rows = list(read.all_recommendations(ddb, pipeline.table, str(pipeline.run_id)))
     assert len(rows) == N_USERS
     seen = _seen(pipeline)
     for row in rows:
@@ -147,7 +147,7 @@ def test_publish_serves_top_n_unseen_items_for_every_user_and_releases_the_lock(
         assert not set(items) & seen[row["user_id"]], row["user_id"]
         scores = [i["score"] for i in row["items"]]
         assert scores == sorted(scores, reverse=True)
-    lock = results.lock_item(ddb, pipeline.table)
+    lock = read.lock_item(ddb, pipeline.table)
     assert lock is None or lock.get("owner") != pipeline.run_id
 
 
@@ -231,7 +231,7 @@ FAILURES = [
     (
         "Create model",
         {},
-        ("recpipe.local.sagemaker.LocalSageMaker", "create_model", _rejected_model),
+        ("recpipe.local.sagemaker.service.LocalSageMaker", "create_model", _rejected_model),
         "model rejected",
     ),
     (
@@ -281,11 +281,11 @@ def test_a_failing_state_fails_the_run_releases_the_lock_and_keeps_the_active_ve
     first_failure = failed.outcome.failed_state
     assert first_failure is not None and first_failure.name == state
     ddb = client(pipeline.endpoint)
-    lock = results.lock_item(ddb, pipeline.table)
+    lock = read.lock_item(ddb, pipeline.table)
     assert lock is None or lock.get("owner") != failed.run_id
-    pointer = results.active_pointer(ddb, pipeline.table)
+    pointer = read.active_pointer(ddb, pipeline.table)
     assert pointer is not None and pointer["run_id"] == pipeline.run_id
-    served = results.user_recommendations(ddb, pipeline.table, "1", str(pipeline.run_id))
+    served = read.user_recommendations(ddb, pipeline.table, "1", str(pipeline.run_id))
     assert served is not None and len(served["items"]) == OVERRIDES["publish.top_n"]
 
 
@@ -297,7 +297,7 @@ def test_a_run_below_the_quality_gate_fails_clearly_and_publishes_nothing(
     assert "Quality gate not met" in [s.name for s in gated.outcome.states]
     assert (gated.run_dir / "metrics.json").exists() or list(gated.run_dir.rglob("metrics.json"))
     ddb = client(pipeline.endpoint)
-    pointer = results.active_pointer(ddb, pipeline.table)
+    pointer = read.active_pointer(ddb, pipeline.table)
     assert pointer is not None and pointer["run_id"] == pipeline.run_id
-    lock = results.lock_item(ddb, pipeline.table)
+    lock = read.lock_item(ddb, pipeline.table)
     assert lock is None or lock.get("owner") != gated.run_id

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from recpipe import tables
 from recpipe.cli import app
-from recpipe.local import records
+from recpipe.executions import records
 from recpipe.local.dynamodb import client, ensure_table
 from recpipe.local.moto_hook import installed
 

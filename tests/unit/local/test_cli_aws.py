@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from recpipe import tables
 from recpipe.cli import app
-from recpipe.local import results
+from recpipe.executions.follow import follow
 from recpipe.local.exceptions import TaskFailure
-from recpipe.local.follow import follow
 from recpipe.local.moto_hook import TaskCall, installed
 from recpipe.remote import aws as remote
+from recpipe.results import read
 from tests.unit.local.test_cli_versions import put_lock, seed
 
 REGION = "us-east-1"
@@ -146,7 +146,7 @@ def test_versions_and_rollback_on_the_deployed_table(deployed: tuple[Any, Client
     rolled = runner.invoke(app, ["rollback", "r1", *options])
     assert rolled.exit_code == 0, rolled.output
     assert "previous active run: r2" in _text(rolled) and "new active run: r1" in _text(rolled)
-    pointer = results.active_pointer(ddb, TABLE)
+    pointer = read.active_pointer(ddb, TABLE)
     assert pointer is not None and (pointer["run_id"], pointer["previous_run_id"]) == ("r1", "r2")
 
     refused = runner.invoke(app, ["rollback", "r3", *options])
@@ -245,7 +245,7 @@ def test_unlock_aws_refuses_while_the_owner_runs_and_releases_after(machine: tup
         assert "held by run weekly-2" in text and "is RUNNING" in text and "is still running" in text
         unknown = runner.invoke(app, ["unlock", "--aws", "--table", TABLE, "--region", REGION])
         assert unknown.exit_code == 2 and "the state machine is not known" in _text(unknown)
-        assert results.lock_item(ddb, TABLE) is not None
+        assert read.lock_item(ddb, TABLE) is not None
     finally:
         gate.set()
     deadline = time.monotonic() + 20
@@ -256,7 +256,7 @@ def test_unlock_aws_refuses_while_the_owner_runs_and_releases_after(machine: tup
     released = runner.invoke(app, ["unlock", "--aws", "--table", TABLE, "--state-machine-arn", arn])
     assert released.exit_code == 0, released.output
     assert "ended SUCCEEDED" in _text(released) and "Lock of run weekly-2 released." in _text(released)
-    assert results.lock_item(ddb, TABLE) is None
+    assert read.lock_item(ddb, TABLE) is None
 
 
 def test_run_aws_without_a_state_machine_or_stack_says_what_to_pass(

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from recpipe import tables
 from recpipe.cli import app
-from recpipe.local import records, results
+from recpipe.executions import records
 from recpipe.local.dynamodb import client, ensure_table
+from recpipe.results import read
 
 runner = CliRunner()
 FUTURE = int(time.time()) + 30 * 86400
@@ -144,7 +145,7 @@ def test_rollback_reactivates_an_older_complete_version(local: tuple[Any, str, l
     assert result.exit_code == 0, result.output
     text = _text(result)
     assert "r2 -> r1" in text and "previous active run: r2" in text and "new active run: r1" in text
-    pointer = results.active_pointer(ddb, table)
+    pointer = read.active_pointer(ddb, table)
     assert pointer is not None
     assert (pointer["run_id"], pointer["previous_run_id"], pointer["ndcg_at_10"]) == ("r1", "r2", 0.3125)
     served = runner.invoke(app, ["recommend", "1", "--json", *options])
@@ -172,7 +173,7 @@ def test_rollback_refuses_unknown_incomplete_and_expired_versions(
     assert result.exit_code == 2
     text = _text(result)
     assert message in text and "The active version is still r2" in text
-    pointer = results.active_pointer(ddb, table)
+    pointer = read.active_pointer(ddb, table)
     assert pointer is not None and pointer["run_id"] == "r2"
 
 
@@ -208,7 +209,7 @@ def test_unlock_releases_the_lock_of_a_run_that_ended(
     text = _text(result)
     assert "held by run local-x" in text and "its local run ended ABORTED" in text
     assert "Lock of run local-x released." in text
-    assert results.lock_item(ddb, table) is None
+    assert read.lock_item(ddb, table) is None
 
 
 def test_unlock_needs_force_when_the_run_may_still_be_running(local: tuple[Any, str, list[str]]) -> None:
@@ -218,12 +219,12 @@ def test_unlock_needs_force_when_the_run_may_still_be_running(local: tuple[Any, 
     assert refused.exit_code == 2
     text = _text(refused)
     assert "no local record of run 'local-y'" in text and "may still be running" in text and "--force" in text
-    assert results.lock_item(ddb, table) is not None
+    assert read.lock_item(ddb, table) is not None
 
     forced = runner.invoke(app, ["unlock", "--force", *options])
     assert forced.exit_code == 0, forced.output
     assert "released (forced)" in _text(forced)
-    assert results.lock_item(ddb, table) is None
+    assert read.lock_item(ddb, table) is None
 
 
 def test_unlock_releases_an_expired_lock_without_force(local: tuple[Any, str, list[str]]) -> None:
@@ -232,7 +233,7 @@ def test_unlock_releases_an_expired_lock_without_force(local: tuple[Any, str, li
     result = runner.invoke(app, ["unlock", *options])
     assert result.exit_code == 0, result.output
     assert "the lock expired at" in _text(result)
-    assert results.lock_item(ddb, table) is None
+    assert read.lock_item(ddb, table) is None
 
 
 def test_unlock_help_explains_force() -> None:

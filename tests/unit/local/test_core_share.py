@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recpipe.local.sagemaker import CoreShare
+from recpipe.local.sagemaker.training import CoreShare
 
 
 def test_jobs_split_the_cores_and_give_them_back() -> None:

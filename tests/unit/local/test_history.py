@@ -9,9 +9,9 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
+from recpipe.executions.follow import follow
+from recpipe.executions.history import StateRun, summarise_cause
 from recpipe.local.exceptions import TaskFailure
-from recpipe.local.follow import follow
-from recpipe.local.history import StateRun, summarise_cause
 from recpipe.local.moto_hook import TaskCall, installed
 
 MAP_ASL: dict[str, Any] = {

@@ -13,9 +13,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from recpipe.executions.follow import follow
 from recpipe.local import moto_hook
 from recpipe.local.exceptions import MotoInternalsError, TaskFailure
-from recpipe.local.follow import follow
 from recpipe.local.moto_hook import TaskCall, installed
 
 ROLE = "arn:aws:iam::123456789012:role/test"

@@ -17,7 +17,8 @@ from moto import mock_aws
 from recpipe.local.exceptions import TaskFailure
 from recpipe.local.lambdas import LocalLambda
 from recpipe.local.moto_hook import TaskCall
-from recpipe.local.sagemaker import JobProgress, LocalSageMaker
+from recpipe.local.sagemaker.service import LocalSageMaker
+from recpipe.local.sagemaker.training import JobProgress
 
 BUCKET = "recpipe-test"
 

@@ -217,6 +217,29 @@ def outcome_from(describe: Mapping[str, Any], events: Iterable[Mapping[str, Any]
                             output=_json(describe.get("output")), states=states)
 
 
+def run_id_of(outcome: ExecutionOutcome) -> str | None:
+    """The run id from the first state output that carries one (Prepare's run document)."""
+    for state in outcome.states:
+        found = _find_key(state.output, "run_id")
+        if isinstance(found, str):
+            return found
+    found = _find_key(outcome.output, "run_id")
+    return found if isinstance(found, str) else None
+
+
+def _find_key(value: Any, key: str, depth: int = 0) -> Any:
+    if depth > 4:
+        return None
+    if isinstance(value, Mapping):
+        if key in value and isinstance(value[key], str):
+            return value[key]
+        for child in value.values():
+            found = _find_key(child, key, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 def jsonable_events(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """History events with timestamps as ISO strings (for the local record)."""
     out = []

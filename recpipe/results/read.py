@@ -1,4 +1,8 @@
-"""Read published recommendations from the results table (``recpipe.tables`` layout)."""
+"""Reading the results table (``recpipe.tables`` layout) for the CLI, locally and with ``--aws``:
+the active pointer, the lock item, one user's or every user's rows of a version, the versions.
+
+Values come back as plain Python (DynamoDB numbers as int or float, not Decimal).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from decimal import Decimal
 from typing import Any
 
 from recpipe import tables
+from recpipe.results.versions import read_item
 
 
 def _plain(value: Any) -> Any:
+    """A deserialised item's Decimals -> int or float (the inverse direction of versions.plain)."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, list):
@@ -27,19 +33,16 @@ def _item(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: _plain(deserializer.deserialize(v)) for k, v in raw.items()}
 
 
-def _key(key: dict[str, str]) -> dict[str, dict[str, str]]:
-    return {k: {"S": v} for k, v in key.items()}
-
-
 def active_pointer(ddb: Any, table: str) -> dict[str, Any] | None:
     """The ``meta#active`` pointer item, or None when nothing was published yet."""
-    raw = ddb.get_item(TableName=table, Key=_key(tables.ACTIVE_KEY), ConsistentRead=True).get("Item")
-    return _item(raw) if raw else None
+    item = read_item(ddb, table, tables.ACTIVE_KEY)
+    return _plain(item) if item is not None else None
 
 
 def lock_item(ddb: Any, table: str) -> dict[str, Any] | None:
-    raw = ddb.get_item(TableName=table, Key=_key(tables.LOCK_KEY), ConsistentRead=True).get("Item")
-    return _item(raw) if raw else None
+    """The run lock item (``owner``, ``execution_name``, ``acquired_at``, ``expires_at``), or None."""
+    item = read_item(ddb, table, tables.LOCK_KEY)
+    return _plain(item) if item is not None else None
 
 
 def shape(user_id: str, run_id: str, items: list[Any], top: int | None = None) -> dict[str, Any]:
@@ -50,10 +53,10 @@ def shape(user_id: str, run_id: str, items: list[Any], top: int | None = None) -
 
 
 def user_recommendations(ddb: Any, table: str, user_id: str, run_id: str) -> dict[str, Any] | None:
-    raw = ddb.get_item(TableName=table, Key=_key(tables.user_key(user_id, run_id))).get("Item")
-    if not raw:
+    item = read_item(ddb, table, tables.user_key(user_id, run_id))
+    if item is None:
         return None
-    item = _item(raw)
+    item = _plain(item)
     return shape(str(item.get("user_id", user_id)), run_id, list(item.get("items", [])))
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from recpipe.local.history import ExecutionOutcome, outcome_from
+from recpipe.executions.history import ExecutionOutcome, outcome_from
 
 UpdateCallback = Callable[[ExecutionOutcome], None]
 

@@ -1,14 +1,23 @@
-"""A small local record of executions (moto's state dies with the process): one JSON per execution
-under ``<workdir>/executions/``, read by ``recpipe status``."""
+"""A small local record of executions: one JSON per execution under ``<workdir>/executions/``, read
+by ``recpipe status`` and ``recpipe unlock``. The local engine writes one per run (moto's state dies
+with the process); ``recpipe run --aws`` writes one for the execution it followed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
-from recpipe.local.exceptions import RecordNotFoundError
+from recpipe.executions.exceptions import RecordNotFoundError
+
+
+def new_execution_name(prefix: str = "local") -> str:
+    """``local-20250101-120000-ab12``: a valid run id as is (lower-case slug, < 43 characters)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}-{stamp}-{secrets.token_hex(2)}"
 
 
 def records_dir(workdir: Path) -> Path:
