@@ -35,14 +35,16 @@ def build_app(*, context: Mapping[str, Any] | None = None, outdir: str | None = 
               cache_dir: Path | None = None) -> tuple[cdk.App, RecpipeStack]:
     """The app with its one stack and the cdk-nag checks (``context=None``: what the CLI passed)."""
     app = cdk.App(context=dict(context) if context is not None else None, outdir=outdir)
-    settings = settings_from_context({key: app.node.try_get_context(key) for key in CONTEXT_KEYS})
+    workflow = workflow or WorkflowArtifacts.load()
+    settings = settings_from_context({key: app.node.try_get_context(key) for key in CONTEXT_KEYS},
+                                     functions=workflow.handlers)
     if cache_dir is None:
         cache_dir = Path(os.environ.get("RECPIPE_CDK_CACHE", ROOT / ".cache" / "cdk"))
     account, region = os.environ.get("CDK_DEPLOY_ACCOUNT"), os.environ.get("CDK_DEPLOY_REGION")
     stack = RecpipeStack(
         app, STACK_NAME,
         settings=settings,
-        workflow=workflow or WorkflowArtifacts.load(),
+        workflow=workflow,
         cache_dir=cache_dir,
         project_root=ROOT,
         env=cdk.Environment(account=account, region=region) if account or region else None,

@@ -1,8 +1,14 @@
-"""Failure alerts: an encrypted SNS topic fed by an EventBridge rule and a CloudWatch alarm."""
+"""Failure alerts: an encrypted SNS topic fed by an EventBridge rule and CloudWatch alarms.
+
+The topic's policy (``AWS::SNS::TopicPolicy``, which CDK writes for the EventBridge target and for
+TLS) replaces SNS's default policy, so every publisher must be admitted explicitly: EventBridge by
+the rule target, each CloudWatch alarm by :meth:`FailureAlerts.notify` (``cloudwatch.amazonaws.com``,
+only for that alarm of this account).
+"""
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, Names, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
@@ -19,7 +25,8 @@ FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 
 class FailureAlerts(Construct):
     """Every execution that ends FAILED, TIMED_OUT or ABORTED is published to ``self.topic`` (with
-    the execution ARN and a console link); the ``ExecutionsFailed`` alarm also notifies it."""
+    the execution ARN and a console link); the ``ExecutionsFailed`` alarm, and any alarm given to
+    :meth:`notify`, also notify it."""
 
     def __init__(self, scope: Construct, construct_id: str, *, state_machine: sfn.StateMachine,
                  email: str | None) -> None:
@@ -76,4 +83,17 @@ class FailureAlerts(Construct):
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        self.alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+        self.notify(self.alarm)
+
+    def notify(self, alarm: cloudwatch.Alarm) -> None:
+        """``alarm`` notifies the topic: its alarm action, and a topic policy statement that lets
+        CloudWatch publish on behalf of that alarm only (aws:SourceArn, aws:SourceAccount)."""
+        alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+        self.topic.add_to_resource_policy(iam.PolicyStatement(
+            sid=f"CloudWatchAlarm{Names.unique_id(alarm)}",
+            actions=["sns:Publish"],
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            resources=[self.topic.topic_arn],
+            conditions={"ArnEquals": {"aws:SourceArn": alarm.alarm_arn},
+                        "StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
+        ))

@@ -1,10 +1,14 @@
-"""Lock cleanup: a stopped or timed-out execution gives the run lock back.
+"""Lock cleanup: an execution that ends without its Catch gives the run lock back.
 
 An execution that is stopped (``ABORTED``) or ``TIMED_OUT`` ends at once, without running its Catch,
-so the state machine's failure path never releases the run lock, which would then block every run
-until it expires (48 h, ``recpipe.results.lock.LOCK_TTL_SECONDS``). An EventBridge rule sends
-those two status changes of this state machine to the Release function, which derives the run id
-from the execution name and deletes the lock only if that run owns it.
+and so does one that ``FAILED`` on a ``States.Runtime`` error (a bad path, an intrinsic function on
+null: no Catch, not even ``States.ALL``, catches those). The state machine's failure path then
+never releases the run lock, which would block every run until it expires (48 h,
+``recpipe.results.lock.LOCK_TTL_SECONDS``). An EventBridge rule sends those three status changes
+of this state machine to the Release function, which derives the run id from the execution name
+and deletes the lock only if that run owns it. Most FAILED executions did run their Catch and
+released the lock already: the Release function then finds no lock of theirs and changes nothing
+(owner-checked and idempotent; a newer run's lock is never touched).
 
 Nothing may be lost silently: events EventBridge cannot deliver (after its retries) and invocations
 that fail (after Lambda's asynchronous retries) both land in one encrypted SQS queue, kept 14 days,
@@ -19,12 +23,10 @@ from __future__ import annotations
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -32,19 +34,19 @@ from constructs import Construct
 from infra.nag import acknowledge
 
 STATUS_CHANGE = "Step Functions Execution Status Change"
-# The statuses whose execution skips its Catch (lambdas.release.handler.STOPPED_STATUSES).
-STOPPED_STATUSES = ("ABORTED", "TIMED_OUT")
+# The statuses whose execution may have skipped its Catch (lambdas.release.handler.STOPPED_STATUSES).
+STOPPED_STATUSES = ("ABORTED", "TIMED_OUT", "FAILED")
 RETRY_ATTEMPTS = 3
 MAX_EVENT_AGE = Duration.hours(2)
 
 
 class LockCleanup(Construct):
-    """``self.rule`` (this state machine's ABORTED / TIMED_OUT executions -> ``release_function``),
-    ``self.failures`` (the dead-letter queue) and ``self.alarm`` (on that queue, notifying
-    ``alarm_topic`` when given)."""
+    """``self.rule`` (this state machine's ABORTED / TIMED_OUT / FAILED executions ->
+    ``release_function``), ``self.failures`` (the dead-letter queue) and ``self.alarm`` (on that
+    queue; the stack has it notify the alerts topic)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, state_machine: sfn.IStateMachine,
-                 release_function: lambda_.IFunction, alarm_topic: sns.ITopic | None = None) -> None:
+                 release_function: lambda_.IFunction) -> None:
         super().__init__(scope, construct_id)
         self.failures = sqs.Queue(
             self, "Failures",
@@ -54,7 +56,8 @@ class LockCleanup(Construct):
         )
         self.rule = events.Rule(
             self, "ExecutionStopped",
-            description="recpipe pipeline executions that were stopped or timed out: release their run lock",
+            description="recpipe pipeline executions that were stopped, timed out or failed: release their "
+                        "run lock if they still hold it",
             event_pattern=events.EventPattern(
                 source=["aws.states"],
                 detail_type=[STATUS_CHANGE],
@@ -78,9 +81,9 @@ class LockCleanup(Construct):
 
         self.alarm = cloudwatch.Alarm(
             self, "FailuresAlarm",
-            alarm_description=("A recpipe run lock could not be released after its execution stopped or "
-                               "timed out (see the LockCleanup queue); delete the lock item by hand "
-                               "(docs/DEPLOY.md)."),
+            alarm_description=("A recpipe run lock could not be released after its execution stopped, "
+                               "failed or timed out (see the LockCleanup queue); delete the lock item by "
+                               "hand (docs/DEPLOY.md)."),
             metric=self.failures.metric_approximate_number_of_messages_visible(
                 period=Duration.minutes(5), statistic="Maximum"),
             threshold=1,
@@ -88,8 +91,6 @@ class LockCleanup(Construct):
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        if alarm_topic is not None:
-            self.alarm.add_alarm_action(cw_actions.SnsAction(alarm_topic))
 
         acknowledge(self.failures, "AwsSolutions-SQS3",
                     "This queue is itself the dead-letter queue of the lock-cleanup rule's target and of "

@@ -3,9 +3,12 @@
 ``DefinitionBody.from_string`` grants nothing, so the role's policy is written out here and is
 exactly what the definition's integrations need:
 
-* ``.sync`` SageMaker jobs: create / describe / stop (and AddTags, ListTags, which the service
-  integration calls) on ``training-job``, ``processing-job``, ``transform-job`` named
-  ``recpipe-*``, plus CreateModel on ``model/recpipe-*``;
+* ``.sync`` SageMaker jobs: create / describe / stop on ``training-job``, ``processing-job``,
+  ``transform-job`` named ``<name prefix>-*``, plus CreateModel on ``model/<name prefix>-*``: the
+  job names start with the stack's ``recpipe:namePrefix`` (Prepare reads it from
+  ``RECPIPE_JOB_PREFIX``), so two stacks in one account cannot touch each other's jobs;
+* ``sagemaker:ListTags`` on ``*``, as AWS's policy template for these integrations has it
+  (Step Functions' "IAM policies for Amazon SageMaker AI"); it reads tags only;
 * ``iam:PassRole`` on the SageMaker execution role only, to ``sagemaker.amazonaws.com`` only;
 * ``events:PutTargets/PutRule/DescribeRule`` on the managed rules through which Step Functions
   learns that a job finished (``StepFunctionsGetEventsForSageMaker{Training,Processing,Transform}JobsRule``);
@@ -28,8 +31,6 @@ from constructs import Construct
 from infra.exceptions import WiringError
 from infra.nag import acknowledge, resource_finding
 
-# Every SageMaker resource the definition creates is named "<JOB_PREFIX>..." (recpipe.runs.JOB_PREFIX).
-JOB_PREFIX = "recpipe-"
 SAGEMAKER_JOB_KINDS = {
     "training-job": "TrainingJob",
     "processing-job": "ProcessingJob",
@@ -71,19 +72,21 @@ class PipelineStateMachine(Construct):
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
             description="recpipe pipeline state machine",
         )
+        # Every SageMaker job and model of a run is named "<name_prefix>-<run id>-..." (Prepare).
+        job_names = f"{name_prefix}-*"
         statements: list[iam.PolicyStatement] = []
         for kind, name in SAGEMAKER_JOB_KINDS.items():
-            arn = stack.format_arn(service="sagemaker", resource=kind, resource_name=f"{JOB_PREFIX}*")
+            arn = stack.format_arn(service="sagemaker", resource=kind, resource_name=job_names)
             statements.append(iam.PolicyStatement(
                 sid=f"SageMaker{name}s",
-                actions=[f"sagemaker:Create{name}", f"sagemaker:Describe{name}", f"sagemaker:Stop{name}",
-                         "sagemaker:AddTags", "sagemaker:ListTags"],
+                actions=[f"sagemaker:Create{name}", f"sagemaker:Describe{name}", f"sagemaker:Stop{name}"],
                 resources=[arn]))
         statements.append(iam.PolicyStatement(
             sid="SageMakerModels",
-            actions=["sagemaker:CreateModel", "sagemaker:AddTags", "sagemaker:ListTags"],
-            resources=[stack.format_arn(service="sagemaker", resource="model",
-                                        resource_name=f"{JOB_PREFIX}*")]))
+            actions=["sagemaker:CreateModel"],
+            resources=[stack.format_arn(service="sagemaker", resource="model", resource_name=job_names)]))
+        statements.append(iam.PolicyStatement(
+            sid="SageMakerListTags", actions=["sagemaker:ListTags"], resources=["*"]))
         statements.append(iam.PolicyStatement(
             sid="PassSageMakerRole",
             actions=["iam:PassRole"],
@@ -115,10 +118,11 @@ class PipelineStateMachine(Construct):
 
         for kind in (*SAGEMAKER_JOB_KINDS, "model"):
             acknowledge(self, resource_finding(
-                f"arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:{kind}/{JOB_PREFIX}*"),
-                f"SageMaker {kind} names are made per run (recpipe-<run id>-...); the wildcard is limited to "
-                f"the project's '{JOB_PREFIX}' prefix.")
+                f"arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:{kind}/{job_names}"),
+                f"SageMaker {kind} names are made per run ({name_prefix}-<run id>-...); the wildcard is "
+                f"limited to this stack's '{name_prefix}-' prefix.")
         acknowledge(self, resource_finding("*"),
                     "Added by CDK for logging level ALL and X-Ray tracing: logs:*LogDelivery*, "
                     "logs:DescribeLogGroups/ResourcePolicies and xray:* telemetry actions support no "
-                    "resource-level permissions.")
+                    "resource-level permissions; sagemaker:ListTags on '*' is AWS's documented policy "
+                    "template for the .sync SageMaker integrations (read-only).")

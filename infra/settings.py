@@ -7,15 +7,24 @@ recpipe:scheduleEnabled=false``) arrive as strings and are parsed like their JSO
 
 Context keys (defaults in ``CONTEXT_DEFAULTS``, mirrored in ``cdk.json``):
 
-- ``recpipe:namePrefix`` (``"recpipe"``): prefix of the table (``<prefix>-results``), the state
-  machine (``<prefix>-pipeline``), the functions and log groups.
+- ``recpipe:namePrefix`` (``"recpipe"``): prefix of the state machine (``<prefix>-pipeline``), the
+  functions, log groups and every SageMaker job and model a run creates (``<prefix>-<run id>-...``;
+  the IAM policies are scoped on ``<prefix>-*``, so two stacks in one account need prefixes of
+  which neither is the other's start followed by ``-``, e.g. ``recpipe-a`` and ``recpipe-b``).
+- ``recpipe:existingTableName`` (``""``): empty = the stack creates the results table and
+  CloudFormation names it (output ``TableName``); a name = use that existing table instead, e.g.
+  the one a ``cdk destroy`` retained (docs/DEPLOY.md, "Tear down").
+- ``recpipe:functionMemoryMb`` (``{}``): memory per function (``{"Repackage": 6144}``) over the
+  built-in sizes of ``infra.functions.FUNCTION_SPECS``, which are all <= 3,008 MB (what CloudFormation
+  accepts on a new account); 128-10,240 MB.
 - ``recpipe:scheduleEnabled`` (``true``): whether the retraining schedule starts executions (a
   disabled schedule is still deployed, in state DISABLED).
 - ``recpipe:scheduleExpression`` (``"cron(0 3 ? * SUN *)"``): EventBridge Scheduler expression.
 - ``recpipe:scheduleTimeZone`` (``"UTC"``): IANA time zone of the cron expression.
 - ``recpipe:scheduleInput`` (``{}``): execution input of scheduled runs (config keys, validated).
-- ``recpipe:pipelineDefaults`` (instance types and counts, ``publish.top_n``): deploy-time config
-  defaults, any key of ``recpipe.config``; validated at synth, given to Prepare as ``RECPIPE_DEFAULTS``.
+- ``recpipe:pipelineDefaults`` (``{}``): deploy-time overrides of the pipeline defaults, any key of
+  ``recpipe.config`` (which alone states the defaults); validated at synth, given to Prepare as
+  ``RECPIPE_DEFAULTS``.
 - ``recpipe:alertEmail`` (``""``): subscribe this address to the failure topic.
 - ``recpipe:runRetentionDays`` (``90``): ``runs/`` objects expire after this many days.
 - ``recpipe:accessLogRetentionDays`` (``365``): S3 server access logs expire after this many days.
@@ -26,10 +35,11 @@ Context keys (defaults in ``CONTEXT_DEFAULTS``, mirrored in ``cdk.json``):
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,18 +50,13 @@ PREFIX = "recpipe:"
 
 CONTEXT_DEFAULTS: dict[str, Any] = {
     "recpipe:namePrefix": "recpipe",
+    "recpipe:existingTableName": "",
+    "recpipe:functionMemoryMb": {},
     "recpipe:scheduleEnabled": True,
     "recpipe:scheduleExpression": "cron(0 3 ? * SUN *)",
     "recpipe:scheduleTimeZone": "UTC",
     "recpipe:scheduleInput": {},
-    "recpipe:pipelineDefaults": {
-        "publish.top_n": 20,
-        "resources.processing_instance_type": "ml.m5.xlarge",
-        "resources.training_instance_type": "ml.m5.xlarge",
-        "resources.training_instance_count": 1,
-        "resources.transform_instance_type": "ml.m5.xlarge",
-        "resources.transform_instance_count": 1,
-    },
+    "recpipe:pipelineDefaults": {},
     "recpipe:alertEmail": "",
     "recpipe:runRetentionDays": 90,
     "recpipe:accessLogRetentionDays": 365,
@@ -64,6 +69,10 @@ CONTEXT_KEYS: tuple[str, ...] = tuple(CONTEXT_DEFAULTS)
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
                       2557, 2922, 3288, 3653)
 _NAME_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+_TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+# Lambda's memory range; above NEW_ACCOUNT_MAX_MEMORY_MB only once the account's quota allows it.
+MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
+NEW_ACCOUNT_MAX_MEMORY_MB = 3008
 _SCHEDULE = re.compile(r"^(cron|rate|at)\(.+\)$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -79,6 +88,8 @@ class ScheduleSettings:
 @dataclass(frozen=True, kw_only=True)
 class RecpipeSettings:
     name_prefix: str = "recpipe"
+    existing_table_name: str | None = None
+    function_memory_mb: Mapping[str, int] = field(default_factory=dict)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     pipeline_defaults: Mapping[str, cfg.Scalar] = field(default_factory=dict)
     alert_email: str | None = None
@@ -87,13 +98,14 @@ class RecpipeSettings:
     log_retention_days: int = 90
     bundle_dependencies: bool = True
 
-    @property
-    def table_name(self) -> str:
-        return f"{self.name_prefix}-results"
 
+def settings_from_context(values: Mapping[str, Any], *,
+                          functions: Iterable[str] | None = None) -> RecpipeSettings:
+    """Typed settings from raw context values (``None`` or absent = the default).
 
-def settings_from_context(values: Mapping[str, Any]) -> RecpipeSettings:
-    """Typed settings from raw context values (``None`` or absent = the default)."""
+    ``functions``: the pipeline's function names (``workflows.definition.FUNCTIONS``); when given,
+    ``recpipe:functionMemoryMb`` may only name those.
+    """
     unknown = sorted(k for k in values if k.startswith(PREFIX) and k not in CONTEXT_DEFAULTS)
     if unknown:
         raise SettingsError(f"Unknown context key(s) {', '.join(unknown)}; the recpipe keys are: "
@@ -120,12 +132,18 @@ def settings_from_context(values: Mapping[str, Any]) -> RecpipeSettings:
     if email and not _EMAIL.match(email):
         raise SettingsError(f"The context key 'recpipe:alertEmail' must be an e-mail address or empty; "
                             f"got {email!r}.")
+    table = _string("recpipe:existingTableName", get("recpipe:existingTableName")).strip()
+    if table and not _TABLE_NAME.match(table):
+        raise SettingsError(f"The context key 'recpipe:existingTableName' must be empty or a DynamoDB table "
+                            f"name (3-255 characters of a-z, A-Z, 0-9, '_', '-', '.'); got {table!r}.")
     log_retention = _int("recpipe:logRetentionDays", get("recpipe:logRetentionDays"))
     if log_retention not in LOG_RETENTION_DAYS:
         raise SettingsError(f"The context key 'recpipe:logRetentionDays' must be one of "
                             f"{', '.join(map(str, LOG_RETENTION_DAYS))}; got {log_retention}.")
     return RecpipeSettings(
         name_prefix=name_prefix,
+        existing_table_name=table or None,
+        function_memory_mb=_memory_map(get("recpipe:functionMemoryMb"), functions),
         schedule=ScheduleSettings(
             enabled=_bool("recpipe:scheduleEnabled", get("recpipe:scheduleEnabled")),
             expression=expression,
@@ -166,16 +184,42 @@ def _int(key: str, value: Any, lo: int | None = None) -> int:
     return value
 
 
-def _config_layer(key: str, value: Any, *, keep_raw: bool = False) -> dict[str, Any]:
-    """A JSON object of pipeline config keys, checked against ``recpipe.config`` at synth time."""
+def _json_object(key: str, value: Any) -> Mapping[str, Any]:
+    """A JSON object given in cdk.json or as a ``-c key='{...}'`` string."""
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else {}
         except json.JSONDecodeError as exc:
             raise SettingsError(f"The context key '{key}' is not valid JSON: {exc}.") from exc
     if not isinstance(value, Mapping):
-        raise SettingsError(f"The context key '{key}' must be a JSON object of pipeline config keys; "
-                            f"got {value!r}.")
+        raise SettingsError(f"The context key '{key}' must be a JSON object; got {value!r}.")
+    return value
+
+
+def _memory_map(value: Any, functions: Iterable[str] | None) -> dict[str, int]:
+    key = "recpipe:functionMemoryMb"
+    value = _json_object(key, value)
+    known = list(functions) if functions is not None else None
+    memory: dict[str, int] = {}
+    for name, mb in value.items():
+        if known is not None and name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SettingsError(f"The context key '{key}' names an unknown function {name!r}{hint}; the "
+                                f"functions are: {', '.join(known)}.")
+        mb = _int(f"{key}.{name}", mb)
+        if not MIN_MEMORY_MB <= mb <= MAX_MEMORY_MB:
+            raise SettingsError(f"The context key '{key}.{name}' must be in "
+                                f"[{MIN_MEMORY_MB}, {MAX_MEMORY_MB}] MB (Lambda's range; above "
+                                f"{NEW_ACCOUNT_MAX_MEMORY_MB} only once the account's memory quota allows "
+                                f"it, see docs/DEPLOY.md); got {mb}.")
+        memory[str(name)] = mb
+    return memory
+
+
+def _config_layer(key: str, value: Any, *, keep_raw: bool = False) -> dict[str, Any]:
+    """A JSON object of pipeline config keys, checked against ``recpipe.config`` at synth time."""
+    value = _json_object(key, value)
     try:
         clean = cfg.validate(value)
     except cfg.ConfigError as exc:

@@ -80,7 +80,7 @@ class RecpipeStack(Stack):
 
         self.data = DataBucket(self, "Data", run_retention_days=settings.run_retention_days,
                                access_log_retention_days=settings.access_log_retention_days)
-        self.results = ResultsTable(self, "Results", table_name=settings.table_name)
+        self.results = ResultsTable(self, "Results", existing_table_name=settings.existing_table_name)
         self.images = BuiltinImages(self, "Images")
         self.processing_code = ProcessingCode(self, "ProcessingCode", data=self.data,
                                               files=workflow.processing_files, cache_dir=cache_dir)
@@ -98,6 +98,7 @@ class RecpipeStack(Stack):
             name_prefix=settings.name_prefix,
             pipeline_defaults=settings.pipeline_defaults,
             log_retention=retention,
+            memory_mb=settings.function_memory_mb,
         )
         if not settings.bundle_dependencies:
             Annotations.of(self.functions.layer).add_warning_v2(
@@ -106,7 +107,8 @@ class RecpipeStack(Stack):
                 "Fine for tests; never deploy this assembly.")
         self.api = ReadApi(self, "Api", table=self.results.table, code=code, layer=self.functions.layer,
                            name_prefix=settings.name_prefix, log_retention=retention)
-        self.sagemaker = SageMakerExecutionRole(self, "SageMaker", data=self.data, images=self.images)
+        self.sagemaker = SageMakerExecutionRole(self, "SageMaker", data=self.data, images=self.images,
+                                                name_prefix=settings.name_prefix)
 
         available = {
             "SageMakerRoleArn": self.sagemaker.role.role_arn,
@@ -140,10 +142,11 @@ class RecpipeStack(Stack):
         )
         self.alerts = FailureAlerts(self, "Alerts", state_machine=self.pipeline.state_machine,
                                     email=settings.alert_email)
-        # A stopped or timed-out execution skips its Catch: release its run lock from its status change.
+        # A stopped, timed-out or runtime-failed execution skips its Catch: release its run lock from
+        # its status change.
         self.lock_cleanup = LockCleanup(self, "LockCleanup", state_machine=self.pipeline.state_machine,
-                                        release_function=self.functions.functions["Release"],
-                                        alarm_topic=self.alerts.topic)
+                                        release_function=self.functions.functions["Release"])
+        self.alerts.notify(self.lock_cleanup.alarm)
 
         CfnOutput(self, "BucketName", value=self.data.bucket.bucket_name,
                   description="Data bucket: upload interactions under input/interactions/")

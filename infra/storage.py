@@ -5,6 +5,9 @@ Bucket layout (``docs/ARCHITECTURE.md``)::
     input/...                    the data a run reads (data.prefix, default "input")
     code/processing/             the processing script (deployed by the stack)
     runs/<run_id>/...            everything a run writes; expires after run_retention_days
+
+Both buckets are kept when the stack is destroyed (they hold data) and, like the table, have no
+fixed physical name, so a later deploy creates new ones instead of failing on "already exists".
 """
 
 from __future__ import annotations
@@ -90,8 +93,10 @@ class DataBucket(Construct):
         acknowledge_key_grant(scope, "the data bucket's key")
 
     def grant_prefixes(self, grantee: iam.IGrantable, *, read: tuple[str, ...] = (),
-                       write: tuple[str, ...] = ()) -> None:
-        """Object read/write on key prefixes only, listing restricted to those prefixes, and the key."""
+                       write: tuple[str, ...] = (), delete: tuple[str, ...] = ()) -> None:
+        """Object read/write/delete on key prefixes only, listing restricted to those prefixes, and
+        the key. (Deleting in this versioned bucket adds a delete marker; the noncurrent versions
+        expire with the bucket's lifecycle rule.)"""
         principal = grantee.grant_principal
         if read:
             principal.add_to_principal_policy(iam.PolicyStatement(
@@ -100,7 +105,10 @@ class DataBucket(Construct):
             principal.add_to_principal_policy(iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 resources=[self.arn_for(p) for p in write]))
-        prefixes = sorted({*read, *write})
+        if delete:
+            principal.add_to_principal_policy(iam.PolicyStatement(
+                actions=["s3:DeleteObject"], resources=[self.arn_for(p) for p in delete]))
+        prefixes = sorted({*read, *write, *delete})
         if prefixes:
             principal.add_to_principal_policy(iam.PolicyStatement(
                 actions=["s3:ListBucket"],
@@ -113,13 +121,24 @@ class DataBucket(Construct):
 
 
 class ResultsTable(Construct):
-    """The results table of ``recpipe.tables`` (recommendations, versions, pointer, run lock)."""
+    """The results table of ``recpipe.tables`` (recommendations, versions, pointer, run lock).
 
-    def __init__(self, scope: Construct, construct_id: str, *, table_name: str) -> None:
+    The stack keeps the table when it is destroyed (RETAIN and deletion protection: it holds the
+    published versions), so it has no fixed physical name: a fixed name would make the next deploy
+    fail with "already exists". CloudFormation names it; the ``TableName`` output carries the name.
+    ``existing_table_name`` instead uses a table that already exists (e.g. the one a ``cdk destroy``
+    retained): the stack then grants on it and creates none.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *,
+                 existing_table_name: str | None = None) -> None:
         super().__init__(scope, construct_id)
+        self.table: dynamodb.ITable
+        if existing_table_name:
+            self.table = dynamodb.Table.from_table_name(self, "Table", existing_table_name)
+            return
         self.table = dynamodb.Table(
             self, "Table",
-            table_name=table_name,
             partition_key=dynamodb.Attribute(name=tables.PARTITION_KEY, type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name=tables.SORT_KEY, type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,

@@ -4,8 +4,10 @@ Two callers:
 
 * the state machine's Release states (success and failure paths): ``{"run_id": str}``;
 * the ``LockCleanup`` EventBridge rule (``infra/lock_cleanup.py``): a "Step Functions Execution
-  Status Change" event of an execution that was stopped (``ABORTED``) or ``TIMED_OUT``. Such an
-  execution skips its Catch, so nothing else would release its lock before it expires (48 h).
+  Status Change" event of an execution that was stopped (``ABORTED``), ``TIMED_OUT`` or ``FAILED``.
+  The first two always skip their Catch, and a ``States.Runtime`` failure does too, so nothing
+  else would release the lock before it expires (48 h). A FAILED run usually released its lock in
+  its Catch already; then there is nothing of its own to delete and the call changes nothing.
   The run id is derived from the execution name the way Prepare derived it.
 
 Either way the lock goes only if that run owns it. Returns ``{"released": bool}`` (plus
@@ -27,8 +29,8 @@ from recpipe.results.lock import release_lock
 logger = Logger(service="recpipe-release")
 
 STATUS_CHANGE = "Step Functions Execution Status Change"
-# Statuses whose execution ended without running its Catch (and so without releasing the lock).
-STOPPED_STATUSES = ("ABORTED", "TIMED_OUT")
+# Statuses whose execution may have ended without running its Catch (and so without releasing the lock).
+STOPPED_STATUSES = ("ABORTED", "TIMED_OUT", "FAILED")
 
 
 @functools.cache
@@ -37,8 +39,8 @@ def _dynamodb() -> Any:
 
 
 def run_to_release(event: Any) -> str | None:
-    """The run whose lock ``event`` asks to release; ``None`` for a status-change event whose
-    execution did not stop (FAILED and SUCCEEDED runs released the lock in the state machine)."""
+    """The run whose lock ``event`` asks to release; ``None`` for a status-change event of another
+    status (a SUCCEEDED run released the lock in the state machine)."""
     if isinstance(event, dict) and "detail-type" in event:
         return _stopped_run(event)
     run_id = event.get("run_id") if isinstance(event, dict) else None
@@ -61,8 +63,8 @@ def _stopped_run(event: dict[str, Any]) -> str | None:
                              f"got {detail.get(field)!r}.")
     status, name = detail["status"], detail["name"]
     if status not in STOPPED_STATUSES:
-        logger.info(f"Ignored: execution {name} ended {status}; only {' and '.join(STOPPED_STATUSES)} "
-                    f"executions skip the state machine's own Release",
+        logger.info(f"Ignored: execution {name} ended {status}; only {', '.join(STOPPED_STATUSES)} "
+                    f"executions may skip the state machine's own Release",
                     extra={"execution_name": name, "status": status,
                            "state_machine_arn": detail["stateMachineArn"]})
         return None

@@ -23,13 +23,42 @@ def test_cdk_json_documents_every_context_default() -> None:
 
 def test_defaults() -> None:
     settings = settings_from_context({})
-    assert settings.table_name == "recpipe-results"
+    assert settings.existing_table_name is None  # the stack creates the table, CloudFormation names it
+    assert settings.function_memory_mb == {}
     assert settings.schedule.enabled is True
     assert settings.schedule.expression == "cron(0 3 ? * SUN *)"
     assert settings.schedule.input == {}
     assert settings.alert_email is None
-    assert settings.pipeline_defaults["publish.top_n"] == 20
+    assert settings.pipeline_defaults == {}  # recpipe.config alone states the pipeline defaults
     assert settings.bundle_dependencies is True
+
+
+def test_cdk_json_ships_no_copy_of_the_pipeline_defaults() -> None:
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    assert context["recpipe:pipelineDefaults"] == {}
+    assert context["recpipe:functionMemoryMb"] == {}
+
+
+def test_function_memory_and_existing_table() -> None:
+    settings = settings_from_context({
+        "recpipe:functionMemoryMb": '{"Repackage": 6144, "Plan": "512"}',
+        "recpipe:existingTableName": "Recpipe-ResultsTable1F2E3D4C-ABCDEF123456",
+    }, functions=["Prepare", "Plan", "Repackage"])
+    assert settings.function_memory_mb == {"Repackage": 6144, "Plan": 512}
+    assert settings.existing_table_name == "Recpipe-ResultsTable1F2E3D4C-ABCDEF123456"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"Repackag": 2048}, r"'recpipe:functionMemoryMb' names an unknown function 'Repackag' "
+                         r"\(did you mean 'Repackage'\?\); the functions are: Prepare, Repackage"),
+    ({"Repackage": 64}, r"'recpipe:functionMemoryMb.Repackage' must be in \[128, 10240\] MB .*got 64"),
+    ({"Repackage": 10241}, r"'recpipe:functionMemoryMb.Repackage' must be in \[128, 10240\] MB"),
+    ({"Repackage": 3008.5}, r"'recpipe:functionMemoryMb.Repackage' must be an integer; got 3008.5"),
+    ("[3008]", r"'recpipe:functionMemoryMb' must be a JSON object"),
+])
+def test_bad_function_memory_is_rejected(value: Any, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        settings_from_context({"recpipe:functionMemoryMb": value}, functions=["Prepare", "Repackage"])
 
 
 def test_command_line_strings_are_parsed() -> None:
@@ -69,6 +98,7 @@ def test_command_line_strings_are_parsed() -> None:
     ("recpipe:logRetentionDays", 10, r"'recpipe:logRetentionDays' must be one of 1, 3, 5"),
     ("recpipe:runRetentionDays", 0, r"'recpipe:runRetentionDays' must be >= 1; got 0"),
     ("recpipe:namePrefix", "Recpipe_Prod", r"'recpipe:namePrefix' must be 2-32 characters"),
+    ("recpipe:existingTableName", "my table", r"'recpipe:existingTableName' must be empty or a DynamoDB"),
     ("recpipe:scheduleExpresion", "cron(0 3 * * ? *)", r"Unknown context key\(s\) recpipe:scheduleExpresion"),
 ])
 def test_bad_context_values_are_rejected_with_the_key(key: str, value: Any, message: str) -> None:

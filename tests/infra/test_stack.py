@@ -108,8 +108,7 @@ def test_processing_code_is_deployed_under_code_processing(synth: Synth) -> None
 def test_results_table_schema_recovery_encryption_ttl(synth: Synth) -> None:
     _, table = synth.one("AWS::DynamoDB::Table")
     props = table["Properties"]
-    expected = tables.create_table_kwargs(f"{CONTEXT['recpipe:namePrefix']}-results")
-    assert props["TableName"] == expected["TableName"]
+    expected = tables.create_table_kwargs("any")
     assert props["KeySchema"] == expected["KeySchema"]
     assert props["AttributeDefinitions"] == expected["AttributeDefinitions"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
@@ -117,6 +116,22 @@ def test_results_table_schema_recovery_encryption_ttl(synth: Synth) -> None:
     assert props["SSESpecification"]["SSEEnabled"] is True
     assert props["TimeToLiveSpecification"] == {"AttributeName": tables.TTL_ATTRIBUTE, "Enabled": True}
     assert table["DeletionPolicy"] == "Retain"
+
+
+def test_retained_resources_have_no_fixed_name(synth: Synth) -> None:
+    # The table and both buckets outlive `cdk destroy`; a fixed physical name would make the next
+    # deploy fail with "already exists". CloudFormation names them; the outputs carry the names.
+    retained = {k: r for k, r in synth.resources.items() if r.get("DeletionPolicy") == "Retain"}
+    assert {r["Type"] for r in retained.values()} >= {"AWS::DynamoDB::Table", "AWS::S3::Bucket"}
+    named = {"AWS::DynamoDB::Table": "TableName", "AWS::S3::Bucket": "BucketName",
+             "AWS::KMS::Key": "KeyName", "AWS::Logs::LogGroup": "LogGroupName"}
+    for logical, resource in retained.items():
+        assert resource["Type"] in named, (logical, resource["Type"])  # a new kind: decide its name
+        # A literal name is fixed; one made from a generated name (CDK's own deployment function's
+        # log group, "/aws/lambda/<function Ref>") is new on every deploy.
+        name = resource["Properties"].get(named[resource["Type"]])
+        assert name is None or "Ref" in json.dumps(name), (logical, name)
+    assert not synth.of_type("AWS::KMS::Alias")
 
 
 # --- Lambdas -------------------------------------------------------------------------------------
@@ -141,14 +156,17 @@ def test_one_function_per_definition_handler_with_layer_and_env(synth: Synth) ->
     assert len(code_keys) == 1, "all functions share one code asset"
 
 
-@pytest.mark.parametrize("name", ["Repackage", "Publish"])
-def test_heavy_functions_are_sized_for_a_million_users(synth: Synth, name: str) -> None:
+def test_every_function_fits_a_new_accounts_memory_quota(synth: Synth) -> None:
+    # CloudFormation refuses MemorySize > 3008 on an account with the reduced quota of new accounts
+    # and rolls the whole stack back; more is opt-in (recpipe:functionMemoryMb).
     from workflows.definition import FUNCTIONS
 
-    _, props = _functions(synth)[FUNCTIONS[name]]
-    assert props["MemorySize"] >= 3008
-    assert props["Timeout"] == 900
-    assert props["EphemeralStorage"]["Size"] >= 4096
+    sizes = {handler: props["MemorySize"] for handler, (_, props) in _functions(synth).items()}
+    assert set(sizes) == set(FUNCTIONS.values())
+    assert all(128 <= mb <= 3008 for mb in sizes.values()), sizes
+    _, repackage = _functions(synth)[FUNCTIONS["Repackage"]]
+    assert repackage["MemorySize"] == 3008
+    assert repackage["Timeout"] == 900
 
 
 def test_prepare_gets_the_deploy_time_defaults(synth: Synth) -> None:
@@ -160,7 +178,47 @@ def test_prepare_gets_the_deploy_time_defaults(synth: Synth) -> None:
     _, props = _functions(synth)[FUNCTIONS["Prepare"]]
     raw = props["Environment"]["Variables"][DEFAULTS_ENV]
     assert deploy_defaults(raw) == cfg.validate(CONTEXT["recpipe:pipelineDefaults"])
-    assert json.loads(raw)["publish.top_n"] == CONTEXT["recpipe:pipelineDefaults"]["publish.top_n"]
+
+
+def test_prepare_names_jobs_with_the_stacks_prefix(synth: Synth) -> None:
+    from recpipe.runs import JOB_PREFIX_ENV
+    from workflows.definition import FUNCTIONS
+
+    functions = _functions(synth)
+    _, prepare = functions[FUNCTIONS["Prepare"]]
+    assert prepare["Environment"]["Variables"][JOB_PREFIX_ENV] == CONTEXT["recpipe:namePrefix"]
+    assert all(JOB_PREFIX_ENV not in props["Environment"]["Variables"]
+               for handler, (_, props) in functions.items() if handler != FUNCTIONS["Prepare"])
+
+
+def _s3_grants(synth: Synth, handler: str) -> dict[str, set[str]]:
+    """action -> object key patterns (``runs/*``) the function's role may use it on."""
+    bucket = _data_bucket(synth)
+    resolve = Resolver(synth.template, region="eu-west-1")
+    role = _functions(synth)[handler][1]["Role"]["Fn::GetAtt"][0]
+    grants: dict[str, set[str]] = {}
+    for statement in _policies_of(synth, role):
+        for action in as_list(statement["Action"]):
+            if action.startswith("s3:"):
+                grants.setdefault(action, set()).update(
+                    resolve(r).removeprefix(f"arn:{bucket}:Arn/") for r in as_list(statement["Resource"]))
+    return grants
+
+
+def test_repackage_may_delete_stale_shards_under_runs_only(synth: Synth) -> None:
+    from workflows.definition import FUNCTIONS
+
+    bucket = _data_bucket(synth)
+    role = _functions(synth)[FUNCTIONS["Repackage"]][1]["Role"]["Fn::GetAtt"][0]
+    deletes = [s for s in _policies_of(synth, role) if "s3:DeleteObject" in as_list(s["Action"])]
+    assert len(deletes) == 1
+    (statement,) = deletes
+    assert statement["Effect"] == "Allow" and "Condition" not in statement
+    assert statement["Resource"] == {"Fn::Join": ["", [{"Fn::GetAtt": [bucket, "Arn"]}, "/runs/*"]]}
+    assert _s3_grants(synth, FUNCTIONS["Repackage"])["s3:DeleteObject"] == {"runs/*"}
+    others = [h for h in _functions(synth) if h != FUNCTIONS["Repackage"]
+              and any(a.startswith("s3:Delete") for a in _s3_grants(synth, h))]
+    assert others == []
 
 
 def test_function_roles_are_scoped(synth: Synth) -> None:
@@ -279,15 +337,14 @@ def test_state_machine_policy_is_exactly_what_the_integrations_need(synth: Synth
         for action in as_list(statement["Action"]):
             granted.setdefault(action, set()).update(resolve(r) for r in as_list(statement["Resource"]))
     arn = "arn:aws:sagemaker:eu-west-1:123456789012"
+    jobs = f"{CONTEXT['recpipe:namePrefix']}-*"  # the stack's job-name prefix (RECPIPE_JOB_PREFIX)
     for kind, name in (("training-job", "TrainingJob"), ("processing-job", "ProcessingJob"),
                        ("transform-job", "TransformJob")):
         for verb in ("Create", "Describe", "Stop"):
-            assert granted.pop(f"sagemaker:{verb}{name}") == {f"{arn}:{kind}/recpipe-*"}
-    assert granted.pop("sagemaker:CreateModel") == {f"{arn}:model/recpipe-*"}
-    kinds = ("training-job", "processing-job", "transform-job", "model")
-    tagged = {f"{arn}:{kind}/recpipe-*" for kind in kinds}
-    assert granted.pop("sagemaker:AddTags") == tagged
-    assert granted.pop("sagemaker:ListTags") == tagged
+            assert granted.pop(f"sagemaker:{verb}{name}") == {f"{arn}:{kind}/{jobs}"}
+    assert granted.pop("sagemaker:CreateModel") == {f"{arn}:model/{jobs}"}
+    # As in AWS's policy template for the .sync SageMaker integrations.
+    assert granted.pop("sagemaker:ListTags") == {"*"}
     assert granted.pop("iam:PassRole") == {f"arn:{_only_role(synth, 'sagemaker.amazonaws.com')}:Arn"}
     rules = {f"arn:aws:events:eu-west-1:123456789012:rule/StepFunctionsGetEventsForSageMaker{k}JobsRule"
              for k in ("Training", "Processing", "Transform")}
@@ -312,7 +369,8 @@ def test_pass_role_is_scoped_to_sagemaker(synth: Synth) -> None:
 
 def test_no_wildcard_action_on_wildcard_resource(synth: Synth) -> None:
     # Statements on "*" may only hold actions that support no resource-level permissions.
-    allowed_on_star = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", "xray:PutTraceSegments",
+    allowed_on_star = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", "sagemaker:ListTags",
+                       "xray:PutTraceSegments",
                        "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
                        "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
                        "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
@@ -372,6 +430,27 @@ def test_failed_executions_notify_the_encrypted_topic(synth: Synth) -> None:
     topic_policy = next(iter(synth.of_type("AWS::SNS::TopicPolicy").values()))
     assert any(s["Effect"] == "Allow" and s["Principal"] == {"Service": "events.amazonaws.com"}
                for s in statements(topic_policy))
+
+
+def test_every_alarm_on_the_topic_may_publish_to_it(synth: Synth) -> None:
+    # The topic policy replaces SNS's default one: without an explicit grant, CloudWatch's alarm
+    # notifications are refused. Each alarm acting on the topic is admitted, by its own ARN, from
+    # this account only; CloudWatch may do nothing else.
+    topic, _ = synth.one("AWS::SNS::Topic")
+    (policy,) = [r["Properties"] for r in synth.of_type("AWS::SNS::TopicPolicy").values()
+                 if r["Properties"]["Topics"] == [{"Ref": topic}]]
+    from_cloudwatch = [s for s in statements({"Properties": policy})
+                       if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    alarms = [k for k, r in synth.of_type("AWS::CloudWatch::Alarm").items()
+              if {"Ref": topic} in r["Properties"].get("AlarmActions", [])]
+    assert len(alarms) == 2  # executions failed, lock-cleanup queue
+    assert sorted(json.dumps(s["Condition"]["ArnEquals"]["aws:SourceArn"]) for s in from_cloudwatch) == \
+        sorted(json.dumps({"Fn::GetAtt": [alarm, "Arn"]}) for alarm in alarms)
+    for statement in from_cloudwatch:
+        assert statement["Effect"] == "Allow"
+        assert statement["Action"] == "sns:Publish"
+        assert statement["Resource"] == {"Ref": topic}
+        assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
 
 
 def test_outputs(synth: Synth) -> None:

@@ -1,5 +1,5 @@
 """Release: the lock goes away only when this run owns it, whether the state machine asks (``run_id``)
-or EventBridge reports a stopped or timed-out execution."""
+or EventBridge reports a stopped, timed-out or failed execution."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
     std_logger.removeHandler(caplog.handler)
 
 
-@pytest.mark.parametrize("status", ["ABORTED", "TIMED_OUT"])
+@pytest.mark.parametrize("status", ["ABORTED", "TIMED_OUT", "FAILED"])
 def test_stopped_execution_releases_its_lock(ddb: Any, logs: pytest.LogCaptureFixture, status: str) -> None:
     acquire_lock(ddb, TABLE, "run-a", "run-a", now=1000.0)
     assert handler.lambda_handler(status_change("run-a", status), None, dynamodb=ddb) == {"released": True}
@@ -123,13 +123,25 @@ def test_stopped_execution_leaves_another_runs_lock(ddb: Any) -> None:
     assert owner(ddb) == "run-a"
 
 
-@pytest.mark.parametrize("status", ["FAILED", "SUCCEEDED", "RUNNING"])
+def test_failed_execution_whose_catch_released_the_lock_changes_nothing(ddb: Any) -> None:
+    # Most FAILED runs ran their Catch (Release state) before the status change arrives; a newer run
+    # may already hold the lock by then. Both deliveries (and EventBridge's retries) are harmless.
+    acquire_lock(ddb, TABLE, "run-a", "run-a", now=1000.0)
+    assert handler.lambda_handler({"run_id": "run-a"}, None, dynamodb=ddb) == {"released": True}
+    event = status_change("run-a", "FAILED")
+    assert handler.lambda_handler(event, None, dynamodb=ddb) == {"released": False}
+    acquire_lock(ddb, TABLE, "run-b", "run-b", now=1001.0)
+    assert handler.lambda_handler(event, None, dynamodb=ddb) == {"released": False}
+    assert owner(ddb) == "run-b"
+
+
+@pytest.mark.parametrize("status", ["SUCCEEDED", "RUNNING"])
 def test_other_statuses_are_ignored(ddb: Any, logs: pytest.LogCaptureFixture, status: str) -> None:
     acquire_lock(ddb, TABLE, "run-a", "run-a", now=1000.0)
     result = handler.lambda_handler(status_change("run-a", status), None, dynamodb=ddb)
     assert result == {"released": False, "ignored": True}
     assert owner(ddb) == "run-a"
-    assert f"Ignored: execution run-a ended {status}; only ABORTED and TIMED_OUT" in logs.text
+    assert f"Ignored: execution run-a ended {status}; only ABORTED, TIMED_OUT, FAILED" in logs.text
 
 
 _MISSING = object()
