@@ -429,7 +429,8 @@ def main() -> int:
 
     resolved = cfg.resolve(overrides)
 
-    from recpipe.local.engine import EngineOptions, LocalEngine, run_id_of
+    from recpipe.executions.history import run_id_of
+    from recpipe.local.engine import EngineOptions, LocalEngine
     from workflows import definition as wf
 
     functions = {name: (v if isinstance(v, str) else str(v)) for name, v in wf.FUNCTIONS.items()}
