@@ -23,7 +23,8 @@ import importlib
 from recpipe.cli.core import app
 
 # Command modules, in the order ``recpipe --help`` lists their commands (importing one registers them).
-COMMAND_MODULES: tuple[str, ...] = ("run", "results", "status", "versions", "lock", "definition")
+COMMAND_MODULES: tuple[str, ...] = ("run", "results", "serve", "report", "status", "versions", "lock",
+                                    "definition")
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_module}")

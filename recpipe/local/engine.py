@@ -299,6 +299,11 @@ class LocalEngine:
 
     def _progress(self, event: JobProgress) -> None:
         self.progress_events.put(event)
+        if event.kind == "training":  # the local stand-in for the job's CloudWatch metrics (recpipe report)
+            from recpipe.report.sources import record_epoch
+
+            with contextlib.suppress(OSError):
+                record_epoch(self.workdir, event.job_name, event.epoch, event.metrics)
         if self.on_progress is not None:
             with contextlib.suppress(Exception):
                 self.on_progress(event)
