@@ -338,20 +338,43 @@ def serial_definition() -> str:
     return json.dumps(machine)
 
 
-def count_rows(ddb: Any, table: str, run_id: str, prefix: str) -> int:
-    """Rows ``<prefix>*`` / ``v#<run_id>`` (a COUNT scan, every page)."""
-    kwargs: dict[str, Any] = {
-        "TableName": table, "Select": "COUNT",
-        "FilterExpression": "begins_with(pk, :p) AND sk = :v",
-        "ExpressionAttributeValues": {":p": {"S": prefix}, ":v": {"S": f"v#{run_id}"}},
-    }
-    total = 0
+def count_rows(ddb: Any, table: str, run_id: str) -> tuple[dict[str, int], dict[str, Any] | None]:
+    """Rows of version ``run_id`` by key prefix (``user#``, ``item#``, ...) in one scan of every
+    page, and the key of one user row."""
+    kwargs: dict[str, Any] = {"TableName": table, "ProjectionExpression": "pk, sk"}
+    counts: dict[str, int] = defaultdict(int)
+    sample: dict[str, Any] | None = None
+    version = f"v#{run_id}"
     while True:
         page = ddb.scan(**kwargs)
-        total += int(page.get("Count", 0))
+        for item in page.get("Items", []):
+            if item["sk"]["S"] == version:
+                prefix = item["pk"]["S"].split("#", 1)[0] + "#"
+                counts[prefix] += 1
+                if sample is None and prefix == "user#":
+                    sample = {"pk": item["pk"], "sk": item["sk"]}
         if "LastEvaluatedKey" not in page:
-            return total
+            return dict(counts), sample
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def item_bytes(value: Any) -> int:
+    """Approximate DynamoDB size of an attribute value (low-level JSON form), per the rules of
+    "Item sizes and formats": strings by UTF-8 length, numbers ~1 byte per 2 digits + 1, lists and
+    maps 3 bytes + 1 per element, names by length."""
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, inner), = value.items()
+        if kind == "S":
+            return len(str(inner).encode())
+        if kind == "N":
+            return len(str(inner).lstrip("-").replace(".", "")) // 2 + 1
+        if kind == "BOOL" or kind == "NULL":
+            return 1
+        if kind == "L":
+            return 3 + sum(1 + item_bytes(v) for v in inner)
+        if kind == "M":
+            return 3 + sum(1 + len(k.encode()) + item_bytes(v) for k, v in inner.items())
+    return len(json.dumps(value))
 
 
 @contextlib.contextmanager
@@ -466,9 +489,13 @@ def main() -> int:
         manifest = read_json(engine, bucket, f"runs/{run_id}/processed/manifest.json") if run_id else {}
         ddb = engine.results_client()
         t0 = time.perf_counter()
-        user_rows = count_rows(ddb, options.table, run_id, "user#") if run_id else 0
-        item_rows = count_rows(ddb, options.table, run_id, "item#") if run_id else 0
+        rows, sample = count_rows(ddb, options.table, run_id) if run_id else ({}, None)
+        user_rows, item_rows = rows.get("user#", 0), rows.get("item#", 0)
         count_s = time.perf_counter() - t0
+        row_bytes = 0
+        if sample is not None:
+            item = ddb.get_item(TableName=options.table, Key=sample)["Item"]
+            row_bytes = sum(len(k.encode()) + item_bytes(v) for k, v in item.items())
     processing_peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     engine_peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -514,6 +541,8 @@ def main() -> int:
           f"{publish_s:.0f} s for the Publish/Commit states; DynamoDB rows of the version: "
           f"{user_rows:,} users (+{item_rows:,} items), manifest {manifest_users:,} users, "
           f"generated {n_users:,} (count scan {count_s:.0f} s)")
+    if row_bytes:
+        print(f"a user row is ~{row_bytes:,} bytes: {math.ceil(row_bytes / 1024)} write request unit(s)")
     every_user = user_rows == manifest_users == n_users
     print("every user published" if every_user else "NOT every user published")
     projected: dict[int, float] = {}
