@@ -5,8 +5,9 @@ Keys are dotted (``fm.num_factors``). An execution input may give them flat
 :func:`resolve` validates overrides (unknown keys, types, ranges, choices: every problem is
 reported in one message) and merges them over the defaults.
 
-This module is standard-library only: it is copied beside the processing script and packaged
-into the Lambdas, so nothing here may import numpy, boto3 or the rest of ``recpipe``.
+This module is standard-library only: it ships in the processing step's code tree (which holds
+only ``recpipe/config.py`` and ``recpipe/formats/`` of this package) and in the Lambdas, so
+nothing here may import numpy, boto3 or the rest of ``recpipe``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
+    # String values starting with one of these are refused, with ``refuse_reason`` as the why.
+    refuse_prefixes: tuple[str, ...] = ()
+    refuse_reason: str = ""
 
     def check(self, value: Any) -> tuple[Scalar | None, str | None]:
         """Return ``(coerced value, None)`` or ``(None, problem)``."""
@@ -60,6 +64,8 @@ class Param:
             value = float(value)
         elif not isinstance(value, str):
             return None, f"'{self.key}' must be {expected}, got {value!r}"
+        if isinstance(value, str) and self.refuse_prefixes and value.startswith(self.refuse_prefixes):
+            return None, f"'{self.key}' must not be {value!r}: {self.refuse_reason}"
         if self.choices is not None and value not in self.choices:
             return None, f"'{self.key}' must be one of {', '.join(self.choices)}; got {value!r}"
         if self.min is not None and value < self.min:
@@ -110,18 +116,6 @@ PARAMS: tuple[Param, ...] = (
        min=0, max=1000),
     _P("processing.context_decay", float, 0.95, "Weight decay per step back in the sequence context.",
        min=0.0, max=1.0),
-    _P("processing.context_split_ratings", bool, False,
-       "Sequence context: non-positive interactions (rating below positive_threshold) get a block of "
-       "their own instead of sharing the positives' columns."),
-    _P("processing.context_gap", float, 0.0,
-       "Sequence context: each round, a training row's context ends a random number of steps "
-       "(uniform in [0, context_gap * the user's interaction count]) before its interaction instead of "
-       "just before it, as at scoring time the held-out items lie some steps after the context.",
-       min=0.0, max=1.0),
-    _P("processing.recent_fraction", float, 0.0,
-       "Implicit mode: positives among the most recent recent_fraction of each user's interactions "
-       "are written twice per round (with their own negatives), weighting recent taste; 0 = off.",
-       min=0.0, max=1.0),
     _P("processing.negative_popularity", float, 0.25,
        "Implicit mode: share of negatives drawn in proportion to item popularity (interaction counts) "
        "instead of uniformly; 0 = uniform.", min=0.0, max=1.0),
@@ -134,6 +128,11 @@ PARAMS: tuple[Param, ...] = (
     _P("processing.seed", int, 42, "Seed for negative sampling and training initialisation.", min=0),
     _P("processing.min_user_interactions", int, 1, "Drop users with fewer interactions.", min=1),
     _P("processing.min_item_interactions", int, 1, "Drop items with fewer interactions.", min=1),
+    _P("processing.users_per_shard", int, 25_000,
+       "Users per shard: the step splits the users into ceil(users / this) contiguous shards and "
+       "writes per shard what one worker needs (ids, scoring rows, seen items); each shard is one "
+       "Publish child and one batch-transform input file. Smaller shards = more, shorter workers.",
+       min=1),
     # --- evaluation and the quality gate -----------------------------------------------------
     _P("evaluation.holdout_fraction", float, 0.2,
        "Per user, the most recent ceil(f * n_u) interactions are held out for evaluation; 0 disables "
@@ -143,6 +142,9 @@ PARAMS: tuple[Param, ...] = (
     _P("evaluation.max_regression", float, 0.02,
        "Quality gate: refuse to publish when NDCG@10 is more than this below the active version's.",
        min=0.0, max=1.0),
+    _P("evaluation.sample_users", int, 50_000,
+       "Evaluation scores a seeded random sample (processing.seed) of this many users among those "
+       "with a relevant held-out item (all of them when fewer), so its cost stays bounded.", min=1),
     # --- Factorization Machines (names as the built-in algorithm's hyperparameters) ----------
     _P("fm.num_factors", int, 64, "Latent dimension k.", min=1, max=1000),
     _P("fm.epochs", int, 8, "Training epochs (passes over all processing.negative_rounds).", min=1, max=1000),
@@ -161,17 +163,29 @@ PARAMS: tuple[Param, ...] = (
        "Neighbours fetched beyond publish.top_n so that seen items can be removed (k is capped at 1024).",
        min=0, max=1023),
     _P("knn.index_type", str, "faiss.Flat", "k-NN index type.", choices=("faiss.Flat", "faiss.IVFFlat")),
-    _P("transform.user_shards", int, 4, "Files the user inference set is split into (one transform input "
-       "shard each).", min=1, max=1000),
     # --- publishing ------------------------------------------------------------------------------
     _P("publish.top_n", int, 20, "Recommendations kept per user.", min=1, max=1000),
+    _P("publish.max_concurrency", int, 8,
+       "Publish shards written at the same time (the Distributed Map's MaxConcurrency); bounded in "
+       "practice by the table's write capacity.", min=1, max=1000),
+    _P("publish.similar_items", int, 20,
+       "Similar items published per item (0 = none).", min=0, max=100),
     _P("publish.version_ttl_days", int, 60,
        "Published rows expire this many days after they were written (the active pointer never does).",
        min=1, max=3650),
     # --- resources (AWS only; the local engine ignores them) ------------------------------------
     _P("resources.processing_instance_type", str, "ml.m5.xlarge", "Processing job instance type."),
-    _P("resources.training_instance_type", str, "ml.m5.xlarge", "Training jobs' instance type."),
-    _P("resources.training_instance_count", int, 1, "Training jobs' instance count.", min=1, max=20),
+    _P("resources.fm_instance_type", str, "ml.m5.xlarge",
+       "Factorization Machines training instance type (CPU).",
+       refuse_prefixes=("ml.p", "ml.g"),
+       refuse_reason="FM trains on GPU only for dense data; recpipe's FM data is sparse: use a CPU "
+                     "type such as ml.m5.xlarge or ml.c5.2xlarge"),
+    _P("resources.fm_instance_count", int, 1,
+       "Factorization Machines training instances; with more than one, the train channel is "
+       "ShardedByS3Key (each instance reads its own part files).", min=1, max=20),
+    _P("resources.knn_instance_type", str, "ml.m5.xlarge",
+       "k-NN training instance type; k-NN always trains on one instance (with several, each would "
+       "index a sample of its own and items would go missing from the index)."),
     _P("resources.transform_instance_type", str, "ml.m5.xlarge", "Batch transform instance type."),
     _P("resources.transform_instance_count", int, 1, "Batch transform instance count.", min=1, max=20),
     _P("resources.volume_size_gb", int, 30, "EBS volume per job instance.", min=1, max=16384),

@@ -216,9 +216,14 @@ class _Builder:
                          disable_profiler=True)
 
     @staticmethod
-    def training_resources(params: dict[str, Any]) -> None:
-        _dyn(params, "ResourceConfig.InstanceType", "$.config.resources.training_instance_type")
-        _dyn(params, "ResourceConfig.InstanceCount", "$.config.resources.training_instance_count")
+    def training_resources(params: dict[str, Any], algorithm: str) -> None:
+        """``algorithm`` = "fm" (type and count from the config) or "knn" (type from the config,
+        always one instance: with several, each would index a sample of its own)."""
+        _dyn(params, "ResourceConfig.InstanceType", f"$.config.resources.{algorithm}_instance_type")
+        if algorithm == "fm":
+            _dyn(params, "ResourceConfig.InstanceCount", "$.config.resources.fm_instance_count")
+        else:
+            params["ResourceConfig"]["InstanceCount"] = 1
         _dyn(params, "ResourceConfig.VolumeSizeInGB", "$.config.resources.volume_size_gb")
         _dyn(params, "StoppingCondition.MaxRuntimeInSeconds", "$.config.resources.max_runtime_seconds")
 
@@ -264,7 +269,7 @@ class _Builder:
         _dyn(p, "TrainingJobName", attempt_name("$.variant.jobs.fm"))
         _dyn(p, "HyperParameters", "$.plan.fm_hyperparameters")
         _dyn(p, "OutputDataConfig.S3OutputPath", "$.variant.fm_output")
-        self.training_resources(p)
+        self.training_resources(p, "fm")
         self.sagemaker_retry(step)
         self.extra["Train FM"] = {"ResultSelector": {"model_artifact.$": MODEL_ARTIFACT}}
         return step
@@ -280,7 +285,7 @@ class _Builder:
         _dyn(p, "TrainingJobName", attempt_name("$.variant.jobs.knn"))
         _dyn(p, "HyperParameters", "$.plan.knn_hyperparameters")
         _dyn(p, "OutputDataConfig.S3OutputPath", "$.variant.knn_output")
-        self.training_resources(p)
+        self.training_resources(p, "knn")
         self.sagemaker_retry(step)
         self.extra["Train k-NN"] = {"ResultSelector": {"model_artifact.$": MODEL_ARTIFACT}}
         return step
@@ -333,7 +338,9 @@ class _Builder:
             "Repackage", "Repackage",
             {"run_id.$": "$.run_id", "variant.$": "$.variant.name", "model_artifact.$": "$.fm.model_artifact",
              "manifest.$": "$.manifest", "output_prefix.$": "$.variant.vectors",
-             "user_shards.$": "$.config.transform.user_shards"},
+             # transform.user_shards is gone; Repackage keeps its old default until it reads
+             # processed/shards/serve.json (STATES).
+             "user_shards": 4},
             result_path="$.vectors",
             selector=_payload_selector("items_prefix", "users_prefix", "dimension", "n_items", "n_users"))
         train_knn = self.train_knn()

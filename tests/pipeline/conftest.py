@@ -29,7 +29,6 @@ OVERRIDES: dict[str, Any] = {
     "fm.mini_batch_size": 200,
     "publish.top_n": 5,
     "knn.k_margin": 20,
-    "transform.user_shards": 2,
 }
 
 

@@ -61,10 +61,7 @@ Semantics (docs/CONTRACTS.md has the output layout):
 * Implicit mode writes ``processing.negative_rounds`` rounds: the positives again, each time with
   fresh negatives, one round in memory at a time. ``processing.negative_popularity`` of the
   negatives are drawn in proportion to the items' interaction counts in the set (still distinct and
-  unseen); ``processing.recent_fraction`` > 0 writes the positives among each user's most recent
-  interactions of the set twice per round; ``processing.context_gap`` > 0 ends each row's context
-  a random number of steps early (fresh per round); ``processing.context_split_ratings`` puts the
-  non-positive interactions of the context in a block of their own (``layout.context_non_positive``).
+  unseen).
 * Volume: ``processing.max_nonzeros`` bounds the non-zeros of the ``full`` set (:func:`fit_budget`:
   fewer rounds first, then a shorter context); ``manifest.volume`` records what was written.
 
@@ -1039,22 +1036,6 @@ class Volume:
     nonzeros: int
 
 
-def training_positives(users: np.ndarray, rows: np.ndarray, in_set: np.ndarray, n_users: int,
-                       recent_fraction: float) -> np.ndarray:
-    """Indices of a set's training positives (``rows`` within ``in_set``; ``users`` in (user, time,
-    item) order), sorted: those among each user's most recent ``ceil(recent_fraction * n_u)``
-    interactions of the set appear twice (``processing.recent_fraction``)."""
-    picked = np.flatnonzero(rows & in_set)
-    if recent_fraction <= 0:
-        return picked
-    counts = np.bincount(users[in_set], minlength=n_users)
-    position = np.cumsum(in_set) - 1
-    u = users[picked]
-    from_end = counts[u] - 1 - (position[picked] - (np.cumsum(counts) - counts)[u])
-    extra = picked[from_end < np.ceil(recent_fraction * counts[u] - _HOLDOUT_SLACK)]
-    return np.sort(np.concatenate([picked, extra]), kind="stable")
-
-
 def fit_budget(users: np.ndarray, items: np.ndarray, rows: np.ndarray, n_users: int, user_nnz: np.ndarray,
                item_nnz: np.ndarray, per_positive: int, rounds: int, context_items: int,
                max_nonzeros: int) -> Volume:
@@ -1062,8 +1043,8 @@ def fit_budget(users: np.ndarray, items: np.ndarray, rows: np.ndarray, n_users: 
     (0 = no bound): rounds go down first (to 1), then the context length (to 0).
 
     ``users``/``items`` are all interactions in (user, time, item) order, ``rows`` the indices (or
-    mask) of those that become training rows (the positives in implicit mode; a repeated one
-    repeated), ``user_nnz``/``item_nnz`` the non-zeros of each user's and item's id + side-feature
+    mask) of those that become training rows (the positives in implicit mode),
+    ``user_nnz``/``item_nnz`` the non-zeros of each user's and item's id + side-feature
     part. The estimate counts ``per_positive`` negatives per
     row (fewer when a user runs out of unseen items) and each negative with its positive's context
     length; it is exact for the positives."""
@@ -1110,8 +1091,7 @@ def _negative_anchors(pos_users: np.ndarray, pos_anchors: np.ndarray, neg_users:
 
 def _implicit_rounds(pos_users: np.ndarray, pos_items: np.ndarray, pos_anchors: np.ndarray | None,
                      exclude: sp.csr_matrix, per_positive: int, n_rounds: int, rng: np.random.Generator,
-                     counts: dict[str, int], name: str, gap_limit: np.ndarray | None = None,
-                     popularity_cdf: np.ndarray | None = None,
+                     counts: dict[str, int], name: str, popularity_cdf: np.ndarray | None = None,
                      popularity_share: float = 0.0) -> Iterator[Round]:
     """``n_rounds`` times the positives, each time with freshly sampled negatives (the built-in FM
     cannot resample per epoch; several rounds in one file come close). Positives are ordered by
@@ -1123,13 +1103,9 @@ def _implicit_rounds(pos_users: np.ndarray, pos_items: np.ndarray, pos_anchors: 
         neg_users, neg_items = sample_negatives(exclude, wanted, rng, popularity_cdf, popularity_share)
         anchors = None
         if pos_anchors is not None:
-            round_anchors = pos_anchors
-            if gap_limit is not None:
-                jitter = (rng.random(len(pos_anchors)) * (gap_limit + 1)).astype(np.int64)
-                round_anchors = pos_anchors - jitter
-            order, neg_anchors = _negative_anchors(pos_users, round_anchors, neg_users, n_users, rng)
+            order, neg_anchors = _negative_anchors(pos_users, pos_anchors, neg_users, n_users, rng)
             neg_users, neg_items = neg_users[order], neg_items[order]
-            anchors = np.concatenate([round_anchors, neg_anchors])
+            anchors = np.concatenate([pos_anchors, neg_anchors])
         counts[f"{name}_negatives"] += len(neg_users)
         labels = np.concatenate([np.ones(len(pos_users), np.float32), np.zeros(len(neg_users), np.float32)])
         yield Round(np.concatenate([pos_users, neg_users]), np.concatenate([pos_items, neg_items]), labels,
@@ -1166,11 +1142,8 @@ def run(opt_ml: Path) -> dict[str, Any]:
     dim = item_feat_offset + item_feats.size
     ratings = prep.ratings
     positive = ratings >= threshold if ratings is not None else np.ones(n_inter, dtype=bool)
-    everything = np.ones(n_inter, dtype=bool)
     budget = fit_budget(prep.users, prep.items,
-                        training_positives(prep.users, positive, everything, n_users,
-                                           float(conf["processing.recent_fraction"]))
-                        if implicit else np.arange(n_inter),
+                        np.flatnonzero(positive) if implicit else np.arange(n_inter),
                         n_users, 1 + np.bincount(user_feats.rows, minlength=n_users),
                         1 + np.bincount(item_feats.rows, minlength=n_items),
                         per_positive if implicit else 0,
@@ -1183,10 +1156,8 @@ def run(opt_ml: Path) -> dict[str, Any]:
              f"{n_rounds_train} negative round(s) and a context of {context_items} items "
              f"(configured {conf['processing.negative_rounds']} and {conf['processing.context_items']})")
     context_offset = dim
-    # With processing.context_split_ratings the non-positive interactions get their own block.
-    context_split = bool(conf["processing.context_split_ratings"]) and ratings is not None
     if context_items:
-        dim += n_items * (2 if context_split else 1)
+        dim += n_items
     user_rows = _entity_rows(n_users, 0, user_feats, user_feat_offset, dim)
     item_rows = _entity_rows(n_items, n_users, item_feats, item_feat_offset, dim)
     layout: dict[str, Any] = {
@@ -1196,8 +1167,6 @@ def run(opt_ml: Path) -> dict[str, Any]:
     }
     if context_items:
         layout["context"] = [context_offset, n_items]
-        if context_split:
-            layout["context_non_positive"] = [context_offset + n_items, n_items]
 
     has_holdout = bool(prep.holdout.any())
     train_mask = ~prep.holdout
@@ -1216,8 +1185,7 @@ def run(opt_ml: Path) -> dict[str, Any]:
     if context_items:
         for name in ("train", "full"):
             mask = sets[name]
-            columns = prep.items[mask] + (n_items * ~positive[mask] if context_split else 0)
-            ctx = SequenceContext.of(prep.users[mask], columns, n_users, length=context_items,
+            ctx = SequenceContext.of(prep.users[mask], prep.items[mask], n_users, length=context_items,
                                      decay=float(conf["processing.context_decay"]), offset=context_offset,
                                      dim=dim)
             contexts[name], inference[name] = ctx, ctx.user_rows(user_rows)
@@ -1246,16 +1214,7 @@ def run(opt_ml: Path) -> dict[str, Any]:
                                     + ("; lower the threshold or set evaluation.holdout_fraction to 0"
                                        if name == "test" else ""))
             n_rounds = 1 if name == "test" else n_rounds_train
-            set_counts = np.bincount(prep.users[mask], minlength=n_users)
-            set_start = np.cumsum(set_counts) - set_counts
-            picked = training_positives(prep.users, rows_mask, mask, n_users,
-                                        0.0 if name == "test" else float(conf["processing.recent_fraction"]))
-            gap_limit = None
-            gap = float(conf["processing.context_gap"])
-            if context is not None and gap > 0:
-                u = prep.users[picked]
-                gap_limit = np.minimum(np.floor(gap * set_counts[u]).astype(np.int64),
-                                       position[picked] - set_start[u])
+            picked = np.flatnonzero(rows_mask)
             share = float(conf["processing.negative_popularity"])
             cdf = None
             if share > 0:
@@ -1264,7 +1223,7 @@ def run(opt_ml: Path) -> dict[str, Any]:
             rounds = _implicit_rounds(
                 prep.users[picked], prep.items[picked], position[picked] if context else None,
                 seen_train if name == "train" else seen_all, per_positive, n_rounds, rng_neg[name],
-                counts, name, gap_limit, cdf, share)
+                counts, name, cdf, share)
         else:
             assert ratings is not None
             rounds = [Round(prep.users[mask], prep.items[mask], ratings[mask].astype(np.float32),

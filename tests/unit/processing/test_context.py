@@ -124,32 +124,6 @@ def test_budget_shortens_what_is_written_and_the_manifest_says_so(job: Job) -> N
     assert counts["train_rows"] == counts["train_positives"] + counts["train_negatives"]
 
 
-def test_context_gap_ends_contexts_up_to_the_gap_before_the_row(job: Job) -> None:
-    job.write("interactions/i.csv", INTERACTIONS)
-    job.config(**{"evaluation.holdout_fraction": 0.0, "processing.negatives_per_positive": 1,
-                  "processing.negative_rounds": 20, "processing.context_items": 6,
-                  "processing.context_decay": 0.5, "processing.context_gap": 0.5})
-    job.run()
-    n_users, n_items = 3, 8
-    offset = job.manifest["layout"]["context"][0]
-    history = {0: [0, 1, 2, 3, 4, 5], 1: [4, 3, 2, 1, 0], 2: [6, 7]}
-    x, labels = job.read_set("full")
-    x = x.toarray()
-    users = x[:, :n_users].argmax(axis=1)
-    items = x[:, n_users:n_users + n_items].argmax(axis=1)
-    gaps: set[int] = set()
-    for r in np.flatnonzero(labels == 1):
-        u = users[r]
-        at = history[u].index(items[r])
-        # the context is the one before position at - g, g in [0, floor(0.5 n_u)]
-        matches = [g for g in range(at + 1)
-                   if np.allclose(x[r, offset:], reference_context(history[u][:at - g], 6, 0.5, n_items),
-                                  rtol=1e-6)]
-        assert matches and min(matches) <= len(history[u]) // 2
-        gaps.add(min(matches))
-    assert 0 in gaps and max(gaps) >= 2  # jittered, not always the same
-
-
 def test_popularity_negatives_favour_popular_items() -> None:
     rng = np.random.default_rng(0)
     n_users, n_items = 200, 50
@@ -164,43 +138,3 @@ def test_popularity_negatives_favour_popular_items() -> None:
     assert np.mean(uniform < 5) < 0.25
     assert (popular < 5).all()
     assert 0.6 < np.mean(mixed < 5) < 0.9  # half by popularity + 10 % of the uniform half
-
-
-def test_recent_positives_are_written_twice() -> None:
-    # user 0: 4 interactions (the 3rd not a positive), user 1: 2; the set leaves user 0's last one out
-    users = np.array([0, 0, 0, 0, 1, 1])
-    positive = np.array([True, True, False, True, True, True])
-    in_set = np.array([True, True, True, False, True, True])
-    assert preprocess.training_positives(users, positive, in_set, 2, 0.0).tolist() == [0, 1, 4, 5]
-    # recent half: user 0's last 2 of 3 (indices 1, 2; 2 is no positive), user 1's last 1 of 2
-    assert preprocess.training_positives(users, positive, in_set, 2, 0.5).tolist() == [0, 1, 1, 4, 5, 5]
-
-
-def test_recent_fraction_adds_rows_and_keeps_each_users_negatives(job: Job) -> None:
-    job.write("interactions/i.csv", INTERACTIONS)
-    job.config(**{"evaluation.holdout_fraction": 0.0, "processing.negatives_per_positive": 1,
-                  "processing.context_items": 2, "processing.recent_fraction": 0.4})
-    job.run()
-    # positives 5 + 5 + 2 = 12; recent: ceil(0.4 n_u) = 3, 2, 1 last interactions -> 3 + 2 + 1 more
-    users, _, labels = job.pairs("full")
-    assert (labels == 1).sum() == 18
-    # negatives: one per positive row, capped by the unseen items (2, 3 and 6 of them)
-    assert np.bincount(users[labels == 0], minlength=3).tolist() == [2, 3, 3]
-    assert np.bincount(users[labels == 1], minlength=3).tolist() == [8, 7, 3]
-
-
-def test_context_split_ratings_moves_low_ratings_to_their_own_block(job: Job) -> None:
-    job.write("interactions/i.csv", INTERACTIONS)
-    job.config(**{"evaluation.holdout_fraction": 0.0, "processing.context_items": 6,
-                  "processing.context_decay": 1.0, "processing.context_split_ratings": True})
-    manifest = job.run()
-    n_items = 8
-    offset, size = manifest["layout"]["context"]
-    assert size == n_items
-    assert manifest["layout"]["context_non_positive"] == [offset + n_items, n_items]
-    assert manifest["feature_dim"] == offset + 2 * n_items
-    rows = job.npz("user_rows").toarray()
-    # user 1 rated item 12 (index 2) with a 2: it is in the second block, the others in the first
-    assert rows[0, offset + n_items + 2] > 0 and rows[0, offset + 2] == 0
-    assert (rows[0, offset:offset + n_items] > 0).sum() == 5
-    assert (rows[1, offset + n_items:] == 0).all()

@@ -238,7 +238,8 @@ def test_data_flow_inside_the_map(asl: dict[str, Any]) -> None:
     assert p["InputDataConfig.$"] == "$.variant.fm_channels"
     assert p["TrainingJobName.$"] == wf.attempt_name("$.variant.jobs.fm")
     assert p["AlgorithmSpecification"] == {"TrainingImage": "${FmImageUri}", "TrainingInputMode": "File"}
-    assert p["ResourceConfig"]["InstanceType.$"] == "$.config.resources.training_instance_type"
+    assert p["ResourceConfig"]["InstanceType.$"] == "$.config.resources.fm_instance_type"
+    assert p["ResourceConfig"]["InstanceCount.$"] == "$.config.resources.fm_instance_count"
     assert "DebugHookConfig" not in p and "ProfilerConfig" not in p
     assert fm["ResultSelector"] == {"model_artifact.$": "$.ModelArtifacts.S3ModelArtifacts"}
     assert fm["ResultPath"] == "$.fm"
@@ -247,7 +248,7 @@ def test_data_flow_inside_the_map(asl: dict[str, Any]) -> None:
     assert repackage == {"run_id.$": "$.run_id", "variant.$": "$.variant.name",
                          "model_artifact.$": "$.fm.model_artifact", "manifest.$": "$.manifest",
                          "output_prefix.$": "$.variant.vectors",
-                         "user_shards.$": "$.config.transform.user_shards"}
+                         "user_shards": 4}
     assert inner["Repackage"]["ResultPath"] == "$.vectors"
 
     knn = inner["Train k-NN"]["Parameters"]
@@ -257,6 +258,8 @@ def test_data_flow_inside_the_map(asl: dict[str, Any]) -> None:
     assert channel["ChannelName"] == "train" and channel["ContentType"] == "application/x-recordio-protobuf"
     assert channel["DataSource"]["S3DataSource"]["S3Uri.$"] == "$.vectors.items_prefix"
     assert inner["Train k-NN"]["ResultPath"] == "$.knn"
+    assert knn["ResourceConfig"]["InstanceType.$"] == "$.config.resources.knn_instance_type"
+    assert knn["ResourceConfig"]["InstanceCount"] == 1  # one index over all items, whatever the config
 
     assert knn["TrainingJobName.$"] == wf.attempt_name("$.variant.jobs.knn")
 

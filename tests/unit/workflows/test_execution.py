@@ -267,7 +267,7 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
 
 def test_no_holdout_runs_serve_only_and_skips_the_gate(harness: Harness) -> None:
     out = harness.run({"evaluation": {"holdout_fraction": 0},
-                       "resources.training_instance_type": "ml.c5.2xlarge"})
+                       "resources.fm_instance_type": "ml.c5.2xlarge"})
     assert out["status"] == "SUCCEEDED", out
     assert "Evaluate" not in harness.calls.states()
     assert [c["TrainingJobName"] for c in harness.calls.of("Train FM")] == ["recpipe-test-run-serve-fm-0-0"]
