@@ -4,7 +4,8 @@ Layout: a gzip tarball holding ``model_algo-1`` (one ``model_algo-<host>`` per t
 multi-host training; they are identical after the final sync, and algo-1 is the one read). That
 member is an uncompressed zip of ``meta.json``, ``symbol.json`` and ``params`` (an MXNet
 ``nd.save`` list, see ``recpipe.formats.mxnet``); a member that is the raw ``params`` file is also
-accepted.
+accepted. ``v`` and ``w1_weight`` may be stored ``row_sparse`` (MXNet's sparse FM recipe keeps them
+so; rows never stored are zero): they are read as dense arrays like the rest.
 
 Parameter naming:
 

@@ -7,18 +7,21 @@ Layout (little-endian; MXNet ``src/ndarray/ndarray.cc``, ``NDArray::Save``/``Loa
     uint64 count | count x (uint64 length | utf-8 name)     # names may be absent (count 0)
 
     NDArray (V2, magic 0xF993FAC9; V3 0xF993FACA is the same bytes under numpy shape semantics):
-    uint32 magic | int32 storage type (0 = dense) | shape | int32 dev_type | int32 dev_id
-    | int32 type flag | data (C order)
+    uint32 magic | int32 storage type | [storage shape] | shape | int32 dev_type | int32 dev_id
+    | int32 type flag | [int32 aux type flag | aux shape] | data (C order) | [aux data]
     shape: int32 ndim | ndim x int64
 
-Only dense (default storage) arrays are supported; sparse storage types, legacy (pre-V2) arrays
-and unknown type flags raise ``MXNetFormatError`` naming what was found and its byte offset.
+Storage type 0 is dense. Type 1, ``row_sparse``, keeps only some rows (MXNet's sparse FM recipe
+stores ``v`` and ``w1_weight`` so): the bracketed parts are then present, the data holds the
+stored rows (storage shape) and the one auxiliary array their row indices (int64); rows never
+stored are zero. The reader returns every array dense. CSR storage (2), legacy (pre-V2) arrays and
+unknown type flags raise ``MXNetFormatError`` naming what was found and its byte offset.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -75,6 +78,35 @@ class _Stream:
         return values[0] if len(values) == 1 else values
 
 
+def _read_shape(s: _Stream, what: str, v2: bool) -> tuple[int, ...]:
+    at = s.pos
+    ndim = s.unpack("i", what)
+    if ndim < 0 or (ndim == 0 and v2):
+        raise s.fail(f"{what} is empty (a none NDArray, ndim {ndim})", at)
+    if ndim > 32:
+        raise s.fail(f"{what} has an implausible ndim {ndim}", at)
+    shape = s.unpack(f"{ndim}q", what) if ndim else ()
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if any(d < 0 for d in shape):
+        raise s.fail(f"{what} has unknown dimensions {shape}", at)
+    return shape
+
+
+def _read_dtype(s: _Stream, index: int, what: str) -> np.dtype[Any]:
+    at = s.pos
+    flag = s.unpack("i", f"{what} of array {index}")
+    dtype = _DTYPES.get(flag)
+    if dtype is None:
+        raise s.fail(f"array {index} has unsupported {what} {flag}", at)
+    return dtype
+
+
+def _read_values(s: _Stream, shape: tuple[int, ...], dtype: np.dtype[Any], what: str) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = s.take(count * dtype.itemsize, f"{what} ({shape} {dtype})")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
 def _read_array(s: _Stream, index: int) -> np.ndarray:
     at = s.pos
     magic = s.unpack("I", f"magic of array {index}")
@@ -83,31 +115,38 @@ def _read_array(s: _Stream, index: int) -> np.ndarray:
         kind = "legacy (pre-V2) NDArray magic" if legacy else "unknown NDArray magic"
         expected = f"0x{NDARRAY_V2_MAGIC:08X} or 0x{NDARRAY_V3_MAGIC:08X}"
         raise s.fail(f"array {index} has {kind} 0x{magic:08X} (expected {expected})", at)
+    v2 = magic == NDARRAY_V2_MAGIC
     at = s.pos
     stype = s.unpack("i", f"storage type of array {index}")
-    if stype != 0:
+    if stype not in (0, 1):
         label = _STORAGE.get(stype, "unknown")
-        raise s.fail(f"array {index} has storage type {stype} ({label}); only dense arrays are supported", at)
+        raise s.fail(
+            f"array {index} has storage type {stype} ({label}); only dense and row_sparse are supported", at
+        )
+    stored = _read_shape(s, f"storage shape of array {index}", v2) if stype == 1 else None
+    shape = _read_shape(s, f"shape of array {index}", v2)
+    s.unpack("ii", f"context of array {index}")  # where it lived (cpu/gpu) does not matter once loaded
+    dtype = _read_dtype(s, index, "type flag")
+    if stored is None:
+        return _read_values(s, shape, dtype, f"data of array {index}").copy()
     at = s.pos
-    ndim = s.unpack("i", f"shape of array {index}")
-    if ndim < 0 or (ndim == 0 and magic == NDARRAY_V2_MAGIC):
-        raise s.fail(f"array {index} is an empty (none) NDArray with ndim {ndim}", at)
-    if ndim > 32:
-        raise s.fail(f"array {index} has an implausible ndim {ndim}", at)
-    shape = s.unpack(f"{ndim}q", f"shape of array {index}") if ndim else ()
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    if any(d < 0 for d in shape):
-        raise s.fail(f"array {index} has unknown dimensions in shape {shape}", at)
-    dev_type, dev_id = s.unpack("ii", f"context of array {index}")
+    index_dtype = _read_dtype(s, index, "row index type flag")
+    index_shape = _read_shape(s, f"row index shape of row_sparse array {index}", v2)
+    if index_dtype.kind not in "iu" or not shape or stored[1:] != shape[1:] or index_shape != stored[:1]:
+        raise s.fail(
+            f"row_sparse array {index} of shape {shape} stores rows of shape {stored} with {index_shape} "
+            f"{index_dtype} row indices; expected ({stored[:1][0] if stored else '?'},) integer indices and "
+            "stored rows shaped like the array's",
+            at,
+        )
+    rows = _read_values(s, stored, dtype, f"stored rows of array {index}")
     at = s.pos
-    flag = s.unpack("i", f"type flag of array {index}")
-    dtype = _DTYPES.get(flag)
-    if dtype is None:
-        raise s.fail(f"array {index} has unsupported type flag {flag}", at)
-    count = int(np.prod(shape, dtype=np.int64))
-    raw = s.take(count * dtype.itemsize, f"data of array {index} ({shape} {dtype})")
-    del dev_type, dev_id  # where it lived (cpu/gpu) does not matter once loaded
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    indices = _read_values(s, index_shape, index_dtype, f"row indices of array {index}").astype(np.int64)
+    if indices.size and (np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= shape[0]):
+        raise s.fail(f"row_sparse array {index} has row indices not increasing within [0, {shape[0]})", at)
+    dense = np.zeros(shape, dtype)
+    dense[indices] = rows
+    return dense
 
 
 def load_params(source: Source) -> dict[str, np.ndarray]:
@@ -147,11 +186,14 @@ def load_params(source: Source) -> dict[str, np.ndarray]:
     return dict(zip(names, arrays, strict=True))
 
 
-def save_params(arrays: Mapping[str, np.ndarray], *, np_shape: bool = False) -> bytes:
-    """Serialise {name: array} like ``mx.nd.save`` (dense, cpu(0) context, V2 magic).
+def save_params(
+    arrays: Mapping[str, np.ndarray], *, np_shape: bool = False, row_sparse: Collection[str] = ()
+) -> bytes:
+    """Serialise {name: array} like ``mx.nd.save`` (cpu(0) context, V2 magic).
 
     ``np_shape=True`` writes the V3 magic that MXNet uses under numpy shape semantics (it then
-    allows 0-d arrays). Arrays are written in C order with their own dtype.
+    allows 0-d arrays). Arrays are written in C order with their own dtype; those named in
+    ``row_sparse`` as MXNet's ``tostype("row_sparse")`` does (rows that are all zero not stored).
     """
     parts = [struct.pack("<QQQ", LIST_MAGIC, 0, len(arrays))]
     magic = NDARRAY_V3_MAGIC if np_shape else NDARRAY_V2_MAGIC
@@ -165,9 +207,20 @@ def save_params(arrays: Mapping[str, np.ndarray], *, np_shape: bool = False) -> 
             raise MXNetFormatError(f"Array '{key}' has dtype {arr.dtype}, which MXNet cannot store.")
         if arr.ndim == 0 and not np_shape:
             raise MXNetFormatError(f"Array '{key}' is 0-dimensional: MXNet needs np_shape=True for that.")
+        data = np.ascontiguousarray(arr, dtype=_DTYPES[flag])
+        if key in row_sparse:
+            if arr.ndim == 0:
+                raise MXNetFormatError(f"Array '{key}' is 0-dimensional: it has no rows to store sparsely.")
+            kept = np.flatnonzero(data.reshape(len(data), -1).any(axis=1))
+            stored = (kept.size, *arr.shape[1:])
+            parts.append(struct.pack(f"<Iii{arr.ndim}q", magic, 1, arr.ndim, *stored))
+            parts.append(struct.pack(f"<i{arr.ndim}q", arr.ndim, *arr.shape))
+            parts.append(struct.pack("<iiiii1q", *_CPU, flag, _FLAGS[np.dtype("<i8")], 1, kept.size))
+            parts.append(data[kept].tobytes() + kept.astype("<i8").tobytes())
+            continue
         parts.append(struct.pack(f"<Iii{arr.ndim}q", magic, 0, arr.ndim, *arr.shape))
         parts.append(struct.pack("<iii", *_CPU, flag))
-        parts.append(np.ascontiguousarray(arr, dtype=_DTYPES[flag]).tobytes())
+        parts.append(data.tobytes())
     parts.append(struct.pack("<Q", len(arrays)))
     for key in arrays:
         raw = key.encode("utf-8")

@@ -84,14 +84,29 @@ def _one_array(
     return struct.pack("<QQQ", 0x112, 0, 1) + body + data + struct.pack("<QQ", 1, 1) + b"x"
 
 
+def _row_sparse(
+    *, indices: tuple[int, ...] = (1, 3), index_flag: int = 6, stored: tuple[int, ...] | None = None
+) -> bytes:
+    """One row_sparse (4, 3) float32 array laid out as MXNet's NDArray::Save writes it."""
+    stored = stored or (len(indices), 3)
+    body = struct.pack("<Iii2q", 0xF993FAC9, 1, 2, *stored) + struct.pack("<i2q", 2, 4, 3)
+    body += struct.pack("<iiiii1q", 1, 0, 0, index_flag, 1, len(indices))
+    body += np.ones(stored, np.float32).tobytes() + np.array(indices, np.int64).tobytes()
+    return struct.pack("<QQQ", 0x112, 0, 1) + body + struct.pack("<QQ", 1, 1) + b"x"
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         (b"\x13\x01" + b"\0" * 22, r"wrong magic 0x113 \(expected 0x112, an NDArray list\) at byte 0"),
         (_one_array(magic=0xDEADBEEF), r"array 0 has unknown NDArray magic 0xDEADBEEF .* at byte 24"),
         (_one_array(magic=0xF993FAC8), r"legacy \(pre-V2\) NDArray magic 0xF993FAC8"),
-        (_one_array(stype=2), r"storage type 2 \(csr\); only dense arrays are supported at byte 28"),
-        (_one_array(stype=1), r"storage type 1 \(row_sparse\)"),
+        (_one_array(stype=2), r"storage type 2 \(csr\); only dense and row_sparse are supported at byte 28"),
+        (_row_sparse(indices=(0, 0)), r"array 0 has row indices not increasing within \[0, 4\) at byte \d+"),
+        (_row_sparse(indices=(1, 4)), r"row indices not increasing within \[0, 4\)"),
+        (_row_sparse(index_flag=0), r"row_sparse array 0 of shape \(4, 3\) stores .* float32 row indices"),
+        (_row_sparse(stored=(2, 2)), r"stores rows of shape \(2, 2\)"),
+        (_row_sparse()[:-21], r"truncated row indices of array 0"),
         (_one_array(flag=12), r"unsupported type flag 12 at byte 52"),
         (_one_array()[:-20], r"truncated data of array 0"),
         (_one_array()[:10], r"truncated reserved header word"),
@@ -215,3 +230,36 @@ def test_truncated_or_non_tar_artifact(fm_fixture: Path, tmp_path: Path) -> None
 def test_save_fm_model_shape_errors(v: np.ndarray, w: np.ndarray, b: object, message: str) -> None:
     with pytest.raises(ModelArtifactError, match=message):
         fm_model_member_bytes(v, w, b)
+
+
+def test_row_sparse_fm_params_read_dense_and_rewrite_byte_for_byte(fm_rowsparse_fixture: Path) -> None:
+    """Real MXNet 1.9.1 output with row_sparse ``v`` and ``w1_weight`` (rows 2, 9, 16 not stored)."""
+    params = _zip_entry(_member(fm_rowsparse_fixture / "model.tar.gz"), "params")
+    arrays = load_params(params)
+    expected = np.load(fm_rowsparse_fixture / "expected.npz")
+    assert list(arrays) == ["arg:v", "arg:w1_weight", "arg:w0_weight"]
+    for key, exp in (("arg:v", "V"), ("arg:w1_weight", "w"), ("arg:w0_weight", "b")):
+        assert arrays[key].dtype == expected[exp].dtype and arrays[key].shape == expected[exp].shape
+        np.testing.assert_array_equal(arrays[key], expected[exp])
+    assert not arrays["arg:v"][[2, 9, 16]].any() and arrays["arg:v"].any(axis=1).sum() == 15
+    assert save_params(arrays, row_sparse={"arg:v", "arg:w1_weight"}) == params  # MXNet's own bytes
+    assert save_params(arrays) != params and load_params(save_params(arrays)).keys() == arrays.keys()
+
+
+def test_load_fm_model_reads_row_sparse_artifacts(fm_rowsparse_fixture: Path) -> None:
+    v, w, b = load_fm_model(fm_rowsparse_fixture / "model.tar.gz")
+    expected = np.load(fm_rowsparse_fixture / "expected.npz")
+    np.testing.assert_array_equal(v, expected["V"])
+    np.testing.assert_array_equal(w, expected["w"].reshape(-1))
+    assert v.dtype == np.float32 and b == float(expected["b"][0])
+
+
+def test_row_sparse_round_trip_keeps_zero_rows_and_dtypes() -> None:
+    rng = np.random.default_rng(15)
+    arrays = {"a": rng.normal(size=(6, 2, 3)).astype(np.float32), "b": np.zeros((3, 2), np.float64)}
+    arrays["a"][[0, 4]] = 0.0
+    data = save_params(arrays, row_sparse={"a", "b"})
+    back = load_params(data)
+    for key, value in arrays.items():
+        assert back[key].dtype == value.dtype
+        np.testing.assert_array_equal(back[key], value)
