@@ -23,6 +23,9 @@ iteration, which AWS allows; :func:`installed` makes those two places build the 
 moto's context object has no ``Execution.RedriveCount`` (AWS's has, 0 until an execution is
 redriven; the definition builds SageMaker names from it): :func:`installed` adds it as 0.
 
+moto's Distributed Map lets a failed child pass (the Map succeeds) and its ResultWriter writes only
+a manifest; :func:`installed` restores AWS's behaviour (:mod:`recpipe.local.distributed_map`).
+
 Retry waits really sleep in moto; :func:`installed` scales them by ``retry_scale`` (the
 interpreter's ``time`` module in the retrier is replaced by a proxy whose ``sleep`` is scaled).
 
@@ -42,6 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from recpipe.local import distributed_map
 from recpipe.local.exceptions import MotoInternalsError, TaskFailure
 
 LOG = logging.getLogger(__name__)
@@ -109,6 +113,7 @@ def check_moto_internals() -> None:
         states_type = _import(f"{_P}.common.error_name.states_error_name_type", "StatesErrorNameType")
         if not hasattr(states_type, "StatesTaskFailed"):
             problems.append("StatesErrorNameType has no member 'StatesTaskFailed'")
+    problems += distributed_map.check()
     if problems:
         raise MotoInternalsError("moto's Step Functions internals moved: " + "; ".join(problems))
 
@@ -314,6 +319,7 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
             worker = _import(_WORKER, "ExecutionWorker")
             _original_environment = worker._get_evaluation_environment
             worker._get_evaluation_environment = _with_redrive_count(_original_environment)
+            distributed_map.install()  # after: it wraps the environment patch above
         retrier_time_before = retrier_module.time
         retrier_module.time = _ScaledTime(retry_scale)
         _install_depth += 1
@@ -330,5 +336,6 @@ def installed(handlers: Mapping[str, TaskHandler], *, retry_scale: float = 0.01)
                 custom = _import(f"{_P}.common.error_name.custom_error_name", "CustomErrorName")
                 for module in error_name_modules:
                     module.CustomErrorName = custom
+                distributed_map.uninstall()
                 _import(_WORKER, "ExecutionWorker")._get_evaluation_environment = _original_environment
                 retrier_module.time = _original_retrier_time
