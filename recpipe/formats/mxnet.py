@@ -29,7 +29,8 @@ import numpy as np
 from recpipe.formats._source import Source, read_source
 from recpipe.formats.exceptions import MXNetFormatError
 
-__all__ = ["LIST_MAGIC", "NDARRAY_V2_MAGIC", "NDARRAY_V3_MAGIC", "load_params", "save_params"]
+__all__ = ["LIST_MAGIC", "NDARRAY_V2_MAGIC", "NDARRAY_V3_MAGIC", "load_params", "save_params",
+           "storage_types"]
 
 LIST_MAGIC = 0x112
 NDARRAY_V1_MAGIC = 0xF993FAC8
@@ -155,6 +156,16 @@ def load_params(source: Source) -> dict[str, np.ndarray]:
     ``source`` is a path, bytes or a binary file object. The whole input must be consumed:
     trailing bytes are an error. A file saved without names gets keys "0", "1", ...
     """
+    return _load(source)[0]
+
+
+def storage_types(source: Source) -> dict[str, str]:
+    """{name: MXNet storage type} of an ``nd.save`` list file ("default (dense)", "row_sparse"),
+    e.g. to see how a real artifact stores its parameters (the first-run check, tests/aws)."""
+    return _load(source)[1]
+
+
+def _load(source: Source) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     data, name = read_source(source, "MXNet params", MXNetFormatError)
     s = _Stream(data, name)
     header = s.unpack("Q", "header")
@@ -164,7 +175,11 @@ def load_params(source: Source) -> dict[str, np.ndarray]:
     count = s.unpack("Q", "array count")
     if count > len(data) // 24:
         raise s.fail(f"implausible array count {count}", s.pos - 8)
-    arrays = [_read_array(s, i) for i in range(count)]
+    arrays, stypes = [], []
+    for i in range(count):
+        # The storage type follows the array's uint32 magic; _read_array validates both.
+        stypes.append(int.from_bytes(data[s.pos + 4:s.pos + 8], "little", signed=True))
+        arrays.append(_read_array(s, i))
     at = s.pos
     n_names = s.unpack("Q", "name count")
     if n_names not in (0, count):
@@ -183,7 +198,8 @@ def load_params(source: Source) -> dict[str, np.ndarray]:
         names = [str(i) for i in range(count)]
     if len(set(names)) != len(names):
         raise MXNetFormatError(f"MXNet params {name}: duplicate array names {names}.")
-    return dict(zip(names, arrays, strict=True))
+    return (dict(zip(names, arrays, strict=True)),
+            {n: _STORAGE.get(t, str(t)) for n, t in zip(names, stypes, strict=True)})
 
 
 def save_params(

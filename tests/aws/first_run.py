@@ -276,8 +276,8 @@ def fm_params(backend: Backend, view: RunView, variant: str = "eval") -> dict[st
     member, where = fm_model._member_bytes(io.BytesIO(_bytes(backend, view.fm_artifact[variant])))
     params, _ = fm_model._params_bytes(member, where)
     arrays = mxnet.load_params(params)
-    storage = mxnet.storage_types(params) if hasattr(mxnet, "storage_types") else {}
-    return {key: f"{storage.get(key, '?')} {list(value.shape)}" for key, value in arrays.items()}
+    storage = mxnet.storage_types(params)
+    return {key: f"{storage[key]} {list(value.shape)}" for key, value in arrays.items()}
 
 
 def fm_final_metrics(backend: Backend, view: RunView, variant: str = "eval") -> dict[str, float]:

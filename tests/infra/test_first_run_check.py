@@ -71,6 +71,7 @@ def test_the_checks_read_a_local_run(local_run: tuple[Any, Any, Any]) -> None:
     assert found["distances"]["best_candidate"] == "last"  # sorted smallest to largest
     assert found["knn_labels"]["every_item_once"] and found["knn_labels"]["labels"] == 60
     assert set(found["fm_params"]) == {"arg:v", "arg:w1_weight", "arg:w0_weight"}
+    assert found["fm_params"]["arg:w0_weight"] == "default (dense) [1]"
     assert "test:binary_classification_cross_entropy" in found["fm_metrics"]
     assert 0 < found["evaluation"]["ndcg_at_10"] <= 1
     text = format_report({"transform": {"aws": found["transform"], "local": found["transform"]}, "note": 1})
@@ -103,3 +104,14 @@ def test_blank_lines_and_negated_distances_are_reported(local_run: tuple[Any, An
     found = transform_lines(backend, view.transform_output("serve"), 300)
     assert (found["records"], found["lines"], found["blank_lines"]) == (300, 300, 300)
     assert distance_agreement(backend, view)["convention"] == "negated inner product"
+
+
+def test_storage_types_of_a_real_row_sparse_artifact() -> None:
+    # The fixture is real MXNet 1.9.1 output (tests/fixtures/sagemaker-fm-rowsparse/README.md).
+    from recpipe.formats import fm_model, mxnet
+
+    artifact = ROOT / "tests" / "fixtures" / "sagemaker-fm-rowsparse" / "model.tar.gz"
+    member, where = fm_model._member_bytes(artifact)
+    params, _ = fm_model._params_bytes(member, where)
+    assert mxnet.storage_types(params) == {"arg:v": "row_sparse", "arg:w1_weight": "row_sparse",
+                                           "arg:w0_weight": "default (dense)"}
