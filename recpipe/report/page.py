@@ -109,6 +109,9 @@ def _fm_curve(epochs: Mapping[str, Sequence[Mapping[str, Any]]], why_missing: st
                 style = "-" if name.startswith("train") else "--"
                 ax.plot([p[0] for p in points], [p[1] for p in points], style, marker=".",
                         label=f"{variant}: {name}")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("metric")
         ax.legend(fontsize=7)

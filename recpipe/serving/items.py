@@ -7,12 +7,14 @@
 * :func:`popular_row`: the version's ``meta#popular`` row: the ``top`` items most users interacted
   with (score = that user count), plus ``similar_items`` (the M the item rows hold).
 
-Publish's shard child writes these for the ``items`` entries of ``shards/serve.json``.
+Publish's shard child writes these for the ``items`` entries of ``shards/serve.json``
+(:func:`publish_items`): the item rows of its range and, the shard starting at item 0, the
+popular row (so it is written once per version, before Commit flips the pointer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,3 +105,38 @@ def popular_row(popularity: np.ndarray, item_ids: Sequence[str], top: int, simil
         "generated_at": {"S": generated_at},
         tables.TTL_ATTRIBUTE: {"N": str(expires_at)},
     }
+
+
+def vectors_by_index(vectors: np.ndarray, labels: np.ndarray | None, n_items: int) -> np.ndarray:
+    """Repackage's item records (label = item index, any order) as rows ``0 .. n_items - 1``;
+    raises ValueError unless every item index appears exactly once."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if labels is None:
+        raise ValueError("The item vectors carry no labels (item indices).")
+    index = np.asarray(labels).astype(np.int64).reshape(-1)
+    if vectors.shape[0] != n_items or index.shape[0] != n_items or not np.array_equal(
+            np.sort(index), np.arange(n_items)):
+        raise ValueError(f"The item vectors must hold each of the {n_items} item indices once; got "
+                         f"{vectors.shape[0]} records with labels in [{index.min(initial=0)}, "
+                         f"{index.max(initial=-1)}].")
+    out = np.empty_like(vectors)
+    out[index] = vectors
+    return out
+
+
+def publish_items(vectors: np.ndarray, item_ids: Sequence[str], popularity: np.ndarray, *, start: int,
+                  stop: int, similar_items: int, top_n: int, run_id: str, generated_at: str, expires_at: int,
+                  write: Callable[[Iterable[dict[str, Any]]], int]) -> dict[str, Any]:
+    """Write the similar-item rows of items ``[start, stop)`` (and the popular row when ``start`` is 0)
+    with ``write`` (a batch writer returning how many rows it wrote); returns the shard's report
+    ``{"rows", "similar_items", "popular"}``."""
+    if len(item_ids) != vectors.shape[0]:
+        raise ValueError(f"{len(item_ids)} item ids but {vectors.shape[0]} item vectors.")
+    rows = 0
+    if similar_items > 0:
+        indices, scores = most_similar(vectors, similar_items, start=start, stop=stop)
+        rows = write(item_rows(indices, scores, start, item_ids, run_id, generated_at, expires_at))
+    popular = start == 0
+    if popular:
+        write([popular_row(popularity, item_ids, top_n, similar_items, run_id, generated_at, expires_at)])
+    return {"rows": rows, "similar_items": similar_items, "popular": popular}

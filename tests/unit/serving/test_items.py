@@ -72,3 +72,34 @@ def test_popular_row_orders_by_users_and_skips_unused_items() -> None:
                                      {"item_id": "d", "score": 3}]
     with pytest.raises(ValueError, match="popularity has 2 entries but there are 4 item ids"):
         items.popular_row(np.array([1, 2]), ["a", "b", "c", "d"], 10, 20, "r1", "t", 7)
+
+
+def test_vectors_come_back_in_item_order_and_must_cover_every_item() -> None:
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    ordered = items.vectors_by_index(vectors, np.array([2.0, 0.0, 3.0, 1.0]), 4)
+    assert ordered.tolist() == vectors[[1, 3, 0, 2]].tolist()
+    with pytest.raises(ValueError, match="each of the 4 item indices once"):
+        items.vectors_by_index(vectors, np.array([0, 0, 1, 2]), 4)
+    with pytest.raises(ValueError, match="no labels"):
+        items.vectors_by_index(vectors, None, 4)
+
+
+def test_publish_items_writes_its_range_and_shard_zero_the_popular_row() -> None:
+    vectors = np.random.default_rng(8).normal(size=(6, 3)).astype(np.float32)
+    ids = [f"x{i}" for i in range(6)]
+    written: list[dict] = []
+
+    def write(rows: object) -> int:
+        batch = list(rows)  # type: ignore[call-overload]
+        written.extend(batch)
+        return len(batch)
+
+    common = {"similar_items": 2, "top_n": 3, "run_id": "r", "generated_at": "t", "expires_at": 1,
+              "write": write}
+    report = items.publish_items(vectors, ids, np.array([1, 2, 3, 4, 5, 6]), start=3, stop=6, **common)
+    assert report == {"rows": 3, "similar_items": 2, "popular": False}
+    assert [r["pk"]["S"] for r in written] == ["item#x3", "item#x4", "item#x5"]
+    written.clear()
+    report = items.publish_items(vectors, ids, np.array([1, 2, 3, 4, 5, 6]), start=0, stop=3, **common)
+    assert report["popular"] is True and written[-1]["pk"] == {"S": "meta#popular"}
+    assert [e["item_id"] for e in entries(written[-1]["items"])] == ["x5", "x4", "x3"]
