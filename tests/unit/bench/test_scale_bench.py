@@ -67,3 +67,30 @@ def test_publish_projection_takes_the_slower_bound() -> None:
     fast_table, compute2, _ = scale.project_publish(10_000_000, users_per_shard=25_000, concurrency=1,
                                                    shard_s=30.0, item_rows=0)
     assert fast_table == compute2 == pytest.approx(400 * 30 / 60)
+    _, _, two_units = scale.project_publish(10_000_000, users_per_shard=25_000, concurrency=8, shard_s=30.0,
+                                            item_rows=0, write_units_per_row=2)
+    assert two_units == pytest.approx(2 * 10_000_000 / 4000 / 60)  # a 1.5 KB row costs 2 write units
+
+
+def _allocating_handler(event: dict[str, object], context: object) -> dict[str, object]:
+    block = np.ones(80 * 2**20 // 8)  # 80 MB, touched
+    return {"rows": int(block[:5].sum()), "kind": "users"}
+
+
+def test_meter_measures_an_invocation_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recpipe.local import lambdas
+
+    monkeypatch.setattr(lambdas, "load_handler", lambda dotted: _allocating_handler)
+    meter = scale.Meter(concurrent=frozenset({"PublishShard"}))
+    event = {"run_id": "r", "shard": {"kind": "users", "shard": 3, "start": 0, "stop": 5}}
+    assert meter.wrap("Evaluate", "m.lambda_handler")({}, None) == {"rows": 5, "kind": "users"}
+    meter.wrap("PublishShard", "m.lambda_handler")(event, None)
+    measured, concurrent = meter.invocations
+    assert measured.function == "Evaluate" and measured.increase_mb is not None
+    assert 70 <= measured.increase_mb < 200  # the 80 MB block, not the whole process
+    # A child run beside others is not measured; its event is kept and replayed alone.
+    assert concurrent.increase_mb is None
+    assert (concurrent.kind, concurrent.shard, concurrent.rows) == ("users", 3, 5)
+    meter.replay("PublishShard", "m.lambda_handler", concurrent.event)
+    replayed = meter.invocations[-1]
+    assert replayed.replay and replayed.increase_mb is not None and replayed.increase_mb >= 70
