@@ -51,7 +51,10 @@ shard time includes dynalite's ~1,000-2,000 writes/s, so the compute side errs h
 **Check.** The DynamoDB row count of the run's version (a COUNT scan of ``user#*`` / ``v#<run>``)
 must equal the manifest's user count and the generated user count: every user published.
 
-Ends with ``RESULT users=... shards=... max_worker_rss_mb=... publish_s=... projected_publish_min_10m=...``.
+Ends with ``RESULT users=... shards=... max_worker_rss_mb=... publish_s=... projected_publish_min_10m=...
+projected_publish_min_100m=... max_rss_share_of_deployed=... all_published=... fits=... wall_s=...``
+(the share: the largest worker peak over the memory that worker is deployed with, the baseline a
+worker must stay under).
 """
 
 from __future__ import annotations
@@ -559,6 +562,7 @@ def main() -> int:
     print("\nLambda workers (estimated peak = fresh-interpreter baseline + measured increase):")
     print("  function          calls  max s   baseline MB  max increase MB  est. peak MB  deployed MB")
     max_worker = 0.0
+    max_share = 0.0   # the largest worker peak / its deployed memory
     fits = True
     by_function: dict[str, list[Invocation]] = defaultdict(list)
     for inv in meter.invocations:
@@ -573,6 +577,7 @@ def main() -> int:
         deployed = memory.get(name, memory.get("*", DEFAULT_LAMBDA_MB))
         if name in MEASURED:
             max_worker = max(max_worker, peak)
+        max_share = max(max_share, peak / deployed)
         ok = peak <= deployed
         fits &= ok
         calls = len([i for i in invs if not i.replay])
@@ -620,7 +625,8 @@ def main() -> int:
     print(f"RESULT users={n_users} shards={n_shards} max_worker_rss_mb={max_worker:.0f} "
           f"publish_s={publish_s:.0f} projected_publish_min_10m={p10m:.1f} "
           f"projected_publish_min_100m={p100m:.1f} "
-          f"all_published={int(every_user)} fits={int(fits)} wall_s={wall:.0f}")
+          f"max_rss_share_of_deployed={max_share:.2f} all_published={int(every_user)} fits={int(fits)} "
+          f"wall_s={wall:.0f}")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if outcome.status == "SUCCEEDED" and every_user and fits else 1
