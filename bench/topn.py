@@ -36,7 +36,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recpipe.algorithms.topk import default_threads, topk_inner_product
+from recpipe.algorithms.container import available_cores
+from recpipe.algorithms.topk import topk_inner_product
 
 
 def fm_like(n_users: int, n_items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--skip-faiss", action="store_true", help="no faiss baseline (quicker)")
     args = parser.parse_args()
 
-    threads = default_threads()
+    threads = available_cores()
     users, items = fm_like(args.users, args.items, args.dim)
     flops = 2.0 * args.users * args.items * args.dim
     print(f"top-{args.k}: {args.users:,} users x {args.items:,} items x {args.dim} dims, "

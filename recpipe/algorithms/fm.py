@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recpipe.algorithms.container import read_hyperparameters, training_job
+from recpipe.algorithms.container import (
+    NJobs,
+    OnEpoch,
+    available_cores,
+    read_hyperparameters,
+    training_job,
+)
 from recpipe.algorithms.exceptions import AlgorithmError, DataError, HyperparameterError
 
 __all__ = [
@@ -53,13 +58,6 @@ __all__ = [
     "run_training_job",
 ]
 
-#: ``on_epoch(epoch, epochs, metrics)``, called after every epoch (epoch counts from 1); metrics
-#: are named as SageMaker names them (``train:rmse``, ``test:rmse``, ...).
-OnEpoch = Callable[[int, int, dict[str, float]], None]
-
-#: Training threads: ``None`` (every available core), an int >= 1, or a callable returning the
-#: number to use, asked before every epoch (answers below 1 count as 1, above the cores as the cores).
-NJobs = int | Callable[[], int] | None
 
 _INT_MAX = 2**31 - 1
 _PREFETCH_ABOVE_BYTES = 16 << 20  # model + moments; measured on the bench's 2.6k- and 225k-feature models
@@ -383,13 +381,13 @@ class FactorizationMachines:
         n_rows = ytr.shape[0]
         batch = hp["mini_batch_size"]
         n_batches = -(-n_rows // batch)
-        cores = _n_threads(None)
+        cores = available_cores()
         n_jobs = self.n_jobs
         if callable(n_jobs):
             ask: Callable[[], int] = n_jobs
             max_threads = min(cores, n_batches)
         else:
-            fixed = min(_n_threads(n_jobs), n_batches)
+            fixed = min(n_jobs if n_jobs is not None else cores, n_batches)
 
             def ask() -> int:
                 return fixed
@@ -506,15 +504,6 @@ class FactorizationMachines:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _n_threads(n_jobs: int | None) -> int:
-    if n_jobs is not None:
-        return n_jobs
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _initial(
     rng: np.random.Generator, hp: Mapping[str, Any], group: str, shape: tuple[int, ...]
 ) -> np.ndarray:

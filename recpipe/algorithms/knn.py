@@ -55,7 +55,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from recpipe.algorithms.container import read_hyperparameters, training_job
+from recpipe.algorithms.container import NJobs, OnEpoch, read_hyperparameters, training_job
 from recpipe.algorithms.exceptions import ClientError, DataError, HyperparameterError
 
 __all__ = [
@@ -510,15 +510,17 @@ def _read_train(opt_ml: Path, feature_dim: int) -> tuple[F32, F32]:
     return np.concatenate(arrays), np.concatenate(labels)
 
 
-def run_training_job(opt_ml: Path, *, on_epoch: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+def run_training_job(opt_ml: Path, *, on_epoch: OnEpoch | None = None,
+                     n_jobs: NJobs = None) -> list[dict[str, Any]]:
     """Run one k-NN training job in ``opt_ml`` as the built-in container does; see the module docstring.
 
     Returns the final metrics (none: the built-in k-NN reports no training metric). On a bad
     hyperparameter or bad data it writes the reason to ``output/failure`` and raises
-    :class:`~recpipe.algorithms.exceptions.AlgorithmError` (``str()`` = that reason). ``on_epoch`` is
-    accepted for the contract's sake; building an index has no epochs.
+    :class:`~recpipe.algorithms.exceptions.AlgorithmError` (``str()`` = that reason). ``on_epoch`` and
+    ``n_jobs`` are the contract's (:mod:`recpipe.algorithms.container`): building the index has no
+    epochs, and the exact top-k kernels pick their threads at query time.
     """
-    del on_epoch
+    del on_epoch, n_jobs
     opt_ml = Path(opt_ml)
     with training_job(opt_ml):
         hp = parse_hyperparameters(read_hyperparameters(opt_ml))

@@ -32,7 +32,6 @@ item index here), and scores may differ from faiss's in the last bits (the sgemm
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,9 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["default_threads", "topk_inner_product"]
+from recpipe.algorithms.container import available_cores
+
+__all__ = ["topk_inner_product"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -84,14 +85,6 @@ def _single_threaded_blas() -> Iterator[None]:
             if _blas_users == 0 and _blas_limiter is not None:
                 _blas_limiter.restore_original_limits()  # type: ignore[attr-defined]
                 _blas_limiter = None
-
-
-def default_threads() -> int:
-    """Cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # --- compiled kernels ------------------------------------------------------------------------------
@@ -375,7 +368,7 @@ def topk_inner_product(
     seed_t = np.ascontiguousarray(xp[:n_seed].T)
     cap = 2 * k + _RUN
     starts = range(0, n_q, user_block)
-    n_threads = max(1, min(threads or default_threads(), len(starts)))
+    n_threads = max(1, min(threads or available_cores(), len(starts)))
     local = threading.local()
 
     def run_block(u0: int) -> None:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import json
-import os
 import tarfile
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recpipe.algorithms.container import OnEpoch, available_cores
 from recpipe.local.s3store import parse_s3_uri
 from recpipe.local.sagemaker.jobs import (
     UPLOAD,
@@ -45,7 +44,7 @@ class JobProgress:
     job_name: str
     kind: str              # "training"
     epoch: int             # 1-based, the epoch just finished
-    total: int | None      # epochs planned, when known
+    total: int             # epochs planned
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -81,13 +80,6 @@ class CoreShare:
         finally:
             with self._lock:
                 self._running -= 1
-
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class TrainingJobs(JobHost):
@@ -150,7 +142,7 @@ class TrainingJobs(JobHost):
 
 
     def _run_training(self, name: str, image: str, p: dict[str, Any], hyperparameters: dict[str, str],
-                      opt_ml: Path, threads: Callable[[], int] | None = None) -> list[dict[str, Any]]:
+                      opt_ml: Path, threads: Callable[[], int]) -> list[dict[str, Any]]:
         module_name = self.algorithm_module(image)
         config_dir = opt_ml / "input" / "config"
         config_dir.mkdir(parents=True)
@@ -184,19 +176,9 @@ class TrainingJobs(JobHost):
             raise JobError(f"AlgorithmError: the local stand-in {module_name} cannot be imported: "
                             f"{exc}") from exc
 
-        total: int | None
         try:
-            total = int(hyperparameters.get("epochs", "")) if "epochs" in hyperparameters else None
-        except ValueError:
-            total = None
-        accepted = inspect.signature(module.run_training_job).parameters
-        options: dict[str, Any] = {}
-        if "on_epoch" in accepted:
-            options["on_epoch"] = self._epoch_callback(name, total)
-        if "n_jobs" in accepted and threads is not None:
-            options["n_jobs"] = threads
-        try:
-            metrics = module.run_training_job(opt_ml, **options)
+            # The stand-ins' one signature (recpipe.algorithms.container).
+            metrics = module.run_training_job(opt_ml, on_epoch=self._epoch_callback(name), n_jobs=threads)
         except (Exception, SystemExit) as exc:  # a stand-in may sys.exit(1) as a container would
             failure = read_first(opt_ml / "output" / "failure")
             if failure is None:
@@ -213,22 +195,13 @@ class TrainingJobs(JobHost):
             raise JobError("AlgorithmError: the algorithm wrote no model files to /opt/ml/model.")
         return list(metrics or [])
 
-    def _epoch_callback(self, name: str, total: int | None) -> Callable[..., None]:
-        def on_epoch(*args: Any, **kwargs: Any) -> None:
+    def _epoch_callback(self, name: str) -> OnEpoch:
+        def on_epoch(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
             if self.on_progress is None:
                 return
-            epoch = kwargs.get("epoch", args[0] if args else 0)
-            metrics = kwargs.get("metrics")
-            if metrics is None:
-                metrics = next((a for a in args[1:] if isinstance(a, Mapping | list)), {})
-            if isinstance(metrics, list):  # [{"MetricName", "Value"}]
-                metrics = {m["MetricName"]: m["Value"] for m in metrics if isinstance(m, Mapping)}
-            epochs = kwargs.get("epochs", kwargs.get("total", total))
             with contextlib.suppress(Exception):  # progress display must never fail the job
-                self.on_progress(JobProgress(job_name=name, kind="training", epoch=int(epoch),
-                                             total=int(epochs) if epochs is not None else None,
-                                             metrics={str(k): float(v) for k, v in dict(metrics).items()
-                                                      if isinstance(v, int | float)}))
+                self.on_progress(JobProgress(job_name=name, kind="training", epoch=epoch, total=epochs,
+                                             metrics=dict(metrics)))
         return on_epoch
 
     def _upload_model(self, model_dir: Path, uri: str) -> None:

@@ -52,7 +52,7 @@ def fake_algorithm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module = types.ModuleType("fake_algorithm")
     module.seen = {}  # type: ignore[attr-defined]
 
-    def run_training_job(opt_ml: Path, *, on_epoch: Any = None) -> list[dict[str, Any]]:
+    def run_training_job(opt_ml: Path, *, on_epoch: Any = None, n_jobs: Any = None) -> list[dict[str, Any]]:
         hp = json.loads((opt_ml / "input" / "config" / "hyperparameters.json").read_text())
         module.seen["hp"] = hp  # type: ignore[attr-defined]
         module.seen["train"] = sorted(  # type: ignore[attr-defined]
