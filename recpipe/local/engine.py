@@ -8,7 +8,7 @@
 3. the task hook: ``sagemaker`` tasks to :class:`~recpipe.local.sagemaker.LocalSageMaker`,
    ``lambda`` tasks to :class:`~recpipe.local.lambdas.LocalLambda` (the handlers under ``lambdas/``);
 4. the state machine, created from ``workflows.definition.definition_json()`` with its
-   ``${Placeholders}`` filled with local values (:func:`local_substitutions`).
+   ``${Placeholders}`` filled with local values (:func:`local_values`, by exact name).
 
 Lambdas reach DynamoDB through ``AWS_ENDPOINT_URL_DYNAMODB`` (which moto does not intercept) and
 S3 through moto. Every object of the bucket is mirrored to ``<workdir>/s3/<bucket>/<key>`` after
@@ -25,7 +25,7 @@ import os
 import queue
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,55 +57,43 @@ IMAGES: dict[str, str] = {
     "processing": "local/sklearn-processing:1",
 }
 CODE_PREFIX = "code/processing/"
+# The function of workflows.definition.FUNCTIONS that releases the run lock (abort calls it).
+RELEASE_FUNCTION = "Release"
 _QUIET_LOGGERS = ("moto", "botocore", "boto3", "urllib3", "aws_lambda_powertools")
 
 
-def local_substitutions(placeholders: Any, *, bucket: str, table: str, functions: Mapping[str, str],
-                        account: str = ACCOUNT, region: str = REGION) -> dict[str, str]:
-    """Local values for the definition's ``${Placeholders}``, chosen by name.
+def function_placeholder(logical: str) -> str:
+    """``Prepare`` -> ``PrepareFunctionArn``: how ``workflows.definition.PLACEHOLDERS`` names the ARN of
+    each function of ``workflows.definition.FUNCTIONS`` (a unit test keeps the two in step)."""
+    return f"{logical}FunctionArn"
 
-    ``functions``: logical Lambda name -> local function name. A placeholder naming a function
-    (``...Function...``), a role, the bucket, the table or an image gets the matching local value;
-    any other name is an error (the engine must not run a definition it only half understands).
+
+def local_values(*, bucket: str, function_names: Mapping[str, str], account: str = ACCOUNT,
+                 region: str = REGION) -> dict[str, str]:
+    """The local value of each placeholder, by its exact name (``workflows.definition.PLACEHOLDERS``).
+
+    ``function_names``: logical Lambda name (a key of ``FUNCTIONS``) -> local function name.
     """
-    names = list(placeholders.keys() if isinstance(placeholders, Mapping) else placeholders)
-    values: dict[str, str] = {}
-    unknown: list[str] = []
-    by_key = {re.sub(r"[^a-z0-9]", "", logical.lower()): name for logical, name in functions.items()}
-    for raw in names:
-        name = str(raw).removeprefix("${").removesuffix("}")
-        key = re.sub(r"[^a-z0-9]", "", name.lower())
-        if "function" in key or "lambda" in key:
-            stem = key.replace("functionarn", "").replace("function", "").replace("lambdaarn", "")
-            stem = stem.replace("lambda", "").replace("arn", "").replace("name", "")
-            match = by_key.get(stem) or next((v for k, v in by_key.items() if k and k in stem), None)
-            if match is None:
-                unknown.append(name)
-                continue
-            values[name] = f"arn:aws:lambda:{region}:{account}:function:{match}"
-        elif "role" in key:
-            values[name] = f"arn:aws:iam::{account}:role/recpipe-local-{key[:40]}"
-        elif "bucket" in key:
-            values[name] = bucket
-        elif "table" in key:
-            values[name] = table
-        elif "image" in key or "uri" in key:
-            kind = ("fm" if "factor" in key or "fm" in key else "knn" if "knn" in key else
-                    "processing" if "process" in key or "sklearn" in key else None)
-            if kind is None:
-                unknown.append(name)
-                continue
-            values[name] = IMAGES[kind]
-        elif "region" in key:
-            values[name] = region
-        elif "account" in key:
-            values[name] = account
-        else:
-            unknown.append(name)
+    values = {
+        "SageMakerRoleArn": f"arn:aws:iam::{account}:role/recpipe-local-sagemaker",
+        "DataBucket": bucket,
+        "FmImageUri": IMAGES["fm"],
+        "KnnImageUri": IMAGES["knn"],
+        "ProcessingImageUri": IMAGES["processing"],
+    }
+    for logical, name in function_names.items():
+        values[function_placeholder(logical)] = f"arn:aws:lambda:{region}:{account}:function:{name}"
+    return values
+
+
+def local_substitutions(placeholders: Sequence[str], values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` for exactly ``placeholders``; a placeholder without a local value is an error (the
+    engine must not run a definition it only half understands)."""
+    unknown = [name for name in placeholders if name not in values]
     if unknown:
         raise LocalEngineError(f"The local engine has no value for the placeholder(s) {', '.join(unknown)}; "
-                               "teach recpipe.local.engine.local_substitutions about them.")
-    return values
+                               "add them to recpipe.local.engine.local_values.")
+    return {name: values[name] for name in placeholders}
 
 
 def fill_placeholders(definition: str, values: Mapping[str, str]) -> str:
@@ -125,16 +113,16 @@ class EngineOptions:
     table: str = DEFAULT_TABLE
     retry_scale: float = 0.01
     keep_job_dirs: bool = False
-    # logical Lambda name (as in workflows.definition.FUNCTIONS) -> replacement handler (tests)
+    # logical Lambda name (a key of workflows.definition.FUNCTIONS) -> replacement handler (tests)
     lambda_overrides: Mapping[str, Handler] = field(default_factory=dict)
     definition: str | None = None                 # ASL with placeholders (default: workflows.definition)
-    functions: Mapping[str, str] | None = None    # logical name -> "module.handler" (default: FUNCTIONS)
-    placeholders: Any = None                      # default: workflows.definition.PLACEHOLDERS
+    functions: Mapping[str, str] | None = None    # logical name -> "module.function" (default: FUNCTIONS)
+    placeholders: Sequence[str] | None = None     # default: workflows.definition.PLACEHOLDERS
     deploy_defaults: Mapping[str, Any] | None = None  # RECPIPE_DEFAULTS for Prepare
     upload_code: bool = True
 
 
-def _definition_parts(options: EngineOptions) -> tuple[str, Mapping[str, str], Any]:
+def _definition_parts(options: EngineOptions) -> tuple[str, Mapping[str, str], Sequence[str]]:
     definition, functions, placeholders = options.definition, options.functions, options.placeholders
     if definition is None or functions is None or placeholders is None:
         try:
@@ -149,20 +137,7 @@ def _definition_parts(options: EngineOptions) -> tuple[str, Mapping[str, str], A
             definition = json.dumps(wf.load_definition())
         functions = functions if functions is not None else wf.FUNCTIONS
         placeholders = placeholders if placeholders is not None else wf.PLACEHOLDERS
-    return definition, _handler_paths(functions), placeholders
-
-
-def _handler_paths(functions: Mapping[str, Any]) -> dict[str, str]:
-    """``FUNCTIONS`` values may be dotted handler paths, module paths or dicts with a handler."""
-    out = {}
-    for logical, value in functions.items():
-        if isinstance(value, Mapping):
-            value = value.get("handler") or value.get("module")
-        dotted = str(value)
-        if not dotted.endswith(".lambda_handler") and "." in dotted and dotted.rsplit(".", 1)[1] == "handler":
-            dotted += ".lambda_handler"
-        out[str(logical)] = dotted
-    return out
+    return definition, functions, placeholders
 
 
 class LocalEngine:
@@ -215,9 +190,13 @@ class LocalEngine:
         definition, functions, placeholders = _definition_parts(opts)
         self.function_names = {logical: FUNCTION_PREFIX + re.sub(r"[^a-z0-9-]", "-", logical.lower())
                                for logical in functions}
-        values = local_substitutions(placeholders, bucket=opts.bucket, table=opts.table,
-                                     functions=self.function_names)
+        values = local_substitutions(placeholders, local_values(bucket=opts.bucket,
+                                                                function_names=self.function_names))
         self.definition = fill_placeholders(definition, values)
+        unknown = sorted(set(opts.lambda_overrides) - set(functions))
+        if unknown:
+            raise LocalEngineError(f"lambda_overrides names no function of the definition: "
+                                   f"{', '.join(unknown)} (functions: {', '.join(functions)}).")
 
         for name in _QUIET_LOGGERS:
             self._stack.enter_context(_logger_level(name, logging.CRITICAL))
@@ -262,7 +241,7 @@ class LocalEngine:
         job_root = self.workdir / "jobs" if opts.keep_job_dirs else None
         self.sagemaker = LocalSageMaker(self.s3, job_root=job_root, keep_job_dirs=opts.keep_job_dirs,
                                         on_progress=self._progress, region=REGION, account=ACCOUNT)
-        overrides = {self.function_names.get(k, k): v for k, v in opts.lambda_overrides.items()}
+        overrides = {self.function_names[k]: v for k, v in opts.lambda_overrides.items()}
         self.lambdas = LocalLambda({self.function_names[k]: v for k, v in functions.items()},
                                    overrides=overrides, region=REGION, account=ACCOUNT)
         sagemaker, lambdas = self.sagemaker, self.lambdas
@@ -346,14 +325,8 @@ class LocalEngine:
             raise LocalEngineError(f"workflows.processing cannot be imported ({exc}).") from exc
         assert self.mirror is not None
         self.mirror.delete_prefix(CODE_PREFIX)
-        files = getattr(processing, "code_files")()  # noqa: B009 (lands with the processing step)
-        pairs: list[tuple[Path, str]]
-        if isinstance(files, Mapping):
-            pairs = [(Path(path), str(name)) for name, path in files.items()]
-        else:
-            pairs = [(Path(path), Path(path).name) for path in files]
         keys = []
-        for path, name in pairs:
+        for name, path in processing.code_files().items():  # path in the code directory -> source
             key = CODE_PREFIX + name
             self.s3.upload_file(str(path), self.options.bucket, key)
             keys.append(key)
@@ -395,7 +368,7 @@ class LocalEngine:
         with contextlib.suppress(Exception):
             outcome = outcome_from(self.sfn.describe_execution(executionArn=arn), full_history(self.sfn, arn))
             run_id = run_id_of(outcome)
-            release = next((v for k, v in self.function_names.items() if k.lower() == "release"), None)
+            release = self.function_names.get(RELEASE_FUNCTION)
             if run_id and release:
                 _, handler = self.lambdas.resolve(release)
                 handler({"run_id": run_id}, None)
