@@ -4,23 +4,29 @@ boto3 errors turned into messages."""
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import json
-import time
+import types
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import boto3
 import pytest
 from botocore.exceptions import NoCredentialsError, NoRegionError
 from botocore.stub import Stubber
 from moto import mock_aws
+from moto.stepfunctions.parser import models as moto_sfn_models
 
 from recpipe.remote import aws
 from recpipe.remote.exceptions import AwsAccessError, ExecutionNotFoundError, StackOutputsError
 from recpipe.runs import derive_run_id
+from tests.moto_executions import wait_for_executions
 
 REGION = "eu-west-1"
 SM_ARN = f"arn:aws:states:{REGION}:123456789012:stateMachine:recpipe-pipeline"
+START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def stubbed_cloudformation(outputs: dict[str, str] | None, stack: str = "Recpipe") -> Any:
@@ -153,7 +159,8 @@ def test_region_of_arn() -> None:
 @pytest.fixture()
 def machine() -> Iterator[tuple[Any, str, dict[str, str]]]:
     """(sfn client, state machine ARN, execution name -> ARN) with three finished executions."""
-    with mock_aws():
+    # Executed for real (moto's default leaves every execution RUNNING), so each one ends SUCCEEDED.
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         sfn = boto3.client("stepfunctions", region_name=REGION)
         arn = sfn.create_state_machine(
             name="recpipe-pipeline",
@@ -162,9 +169,17 @@ def machine() -> Iterator[tuple[Any, str, dict[str, str]]]:
         )["stateMachineArn"]
         names = ["weekly-1", "Manual_Run_2025-01", "weekly-2"]
         started = {}
-        for name in names:
-            started[name] = sfn.start_execution(stateMachineArn=arn, name=name)["executionArn"]
-            time.sleep(0.002)  # distinct start dates: listed newest first
+        # A patched clock gives the executions distinct start dates (listed newest first) without
+        # sleeping: moto's start_execution reads datetime.datetime.now.
+        ticks = itertools.count()
+        clock = types.SimpleNamespace(
+            datetime=types.SimpleNamespace(now=lambda tz=None: START + dt.timedelta(seconds=next(ticks))),
+            timezone=dt.timezone,
+        )
+        with mock.patch.object(moto_sfn_models, "datetime", clock):
+            for name in names:
+                started[name] = sfn.start_execution(stateMachineArn=arn, name=name)["executionArn"]
+        wait_for_executions()
         yield sfn, arn, started
 
 
@@ -176,7 +191,7 @@ def test_find_execution_by_name_run_id_arn_or_newest(machine: tuple[Any, str, di
     assert aws.find_execution(sfn, run_id, arn) == started["Manual_Run_2025-01"]
     assert aws.find_execution(sfn, started["weekly-1"], None) == started["weekly-1"]
     assert aws.find_execution(sfn, None, arn) == started["weekly-2"]
-    assert aws.execution_status(sfn, arn, "weekly-2") in ("RUNNING", "SUCCEEDED")
+    assert aws.execution_status(sfn, arn, "weekly-2") == "SUCCEEDED"
     assert aws.execution_status(sfn, arn, "nope") is None
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,12 @@ from typer.testing import CliRunner
 
 from recpipe import tables
 from recpipe.cli import app
-from recpipe.executions.follow import follow
+from recpipe.executions.follow import snapshot
 from recpipe.local.exceptions import TaskFailure
 from recpipe.local.moto_hook import TaskCall, installed
 from recpipe.remote import aws as remote
 from recpipe.results import read
+from tests.moto_executions import wait_for_executions
 from tests.unit.local.test_cli_versions import put_lock, seed
 
 REGION = "us-east-1"
@@ -206,7 +206,8 @@ def test_status_aws_shows_the_execution_state_by_state(machine: tuple[Any, str, 
     sfn, arn, handler = machine
     handler[0] = _fail_training
     execution = sfn.start_execution(stateMachineArn=arn, name="weekly-1")["executionArn"]
-    assert follow(sfn, execution, poll_s=0.02, timeout_s=20).status == "FAILED"
+    wait_for_executions(timeout_s=20)
+    assert snapshot(sfn, execution).status == "FAILED"
 
     by_stack = runner.invoke(app, ["status", "weekly-1", "--aws", "--region", REGION], env={"COLUMNS": "200"})
     assert by_stack.exit_code == 0, by_stack.output
@@ -235,7 +236,7 @@ def test_unlock_aws_refuses_while_the_owner_runs_and_releases_after(machine: tup
     sfn, arn, handler = machine
     gate = threading.Event()
     handler[0] = lambda call: (gate.wait(20), {"Payload": {}})[1]
-    execution = sfn.start_execution(stateMachineArn=arn, name="weekly-2")["executionArn"]
+    sfn.start_execution(stateMachineArn=arn, name="weekly-2")
     ddb = boto3.client("dynamodb", region_name=REGION)
     put_lock(ddb, TABLE, "weekly-2")
     try:
@@ -248,11 +249,7 @@ def test_unlock_aws_refuses_while_the_owner_runs_and_releases_after(machine: tup
         assert read.lock_item(ddb, TABLE) is not None
     finally:
         gate.set()
-    deadline = time.monotonic() + 20
-    while (
-        sfn.describe_execution(executionArn=execution)["status"] == "RUNNING" and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
+    wait_for_executions(timeout_s=20)
     released = runner.invoke(app, ["unlock", "--aws", "--table", TABLE, "--state-machine-arn", arn])
     assert released.exit_code == 0, released.output
     assert "ended SUCCEEDED" in _text(released) and "Lock of run weekly-2 released." in _text(released)

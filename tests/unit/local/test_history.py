@@ -9,10 +9,11 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from recpipe.executions.follow import follow
+from recpipe.executions.follow import snapshot
 from recpipe.executions.history import StateRun, summarise_cause
 from recpipe.local.exceptions import TaskFailure
 from recpipe.local.moto_hook import TaskCall, installed
+from tests.moto_executions import wait_for_executions
 
 MAP_ASL: dict[str, Any] = {
     "StartAt": "Prepare",
@@ -78,7 +79,8 @@ def _execute(fail_variant: str | None) -> Any:
             name="m", definition=json.dumps(MAP_ASL), roleArn="arn:aws:iam::123456789012:role/r"
         )["stateMachineArn"]
         execution = sfn.start_execution(stateMachineArn=arn, name="e", input="{}")["executionArn"]
-        return follow(sfn, execution, poll_s=0.02, timeout_s=30)
+        wait_for_executions(timeout_s=30)
+        return snapshot(sfn, execution)
 
 
 def test_states_inside_a_map_are_labelled_by_variant_and_closing_events_stay_at_the_map() -> None:

@@ -13,10 +13,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from recpipe.executions.follow import follow
+from recpipe.executions.follow import snapshot
 from recpipe.local import moto_hook
 from recpipe.local.exceptions import MotoInternalsError, TaskFailure
 from recpipe.local.moto_hook import TaskCall, installed
+from tests.moto_executions import wait_for_executions
 
 ROLE = "arn:aws:iam::123456789012:role/test"
 
@@ -52,7 +53,8 @@ def _run(sfn: Any, asl: dict[str, Any], execution_input: dict[str, Any]) -> tupl
         "stateMachineArn"
     ]
     execution = sfn.start_execution(stateMachineArn=arn, name="e1", input=json.dumps(execution_input))
-    outcome = follow(sfn, execution["executionArn"], poll_s=0.02, timeout_s=30)
+    wait_for_executions(timeout_s=30)
+    outcome = snapshot(sfn, execution["executionArn"])
     return sfn.describe_execution(executionArn=execution["executionArn"]), outcome
 
 

@@ -29,6 +29,7 @@ from recpipe.local.exceptions import TaskFailure
 from recpipe.local.moto_hook import TaskCall, installed
 from recpipe.results.lock import acquire_lock
 from recpipe.tables import BUCKET_ENV, LOCK_KEY, TABLE_ENV, create_table_kwargs
+from tests.moto_executions import wait_for_executions
 from workflows.definition import PLACEHOLDERS, load_definition
 
 REGION, ACCOUNT = "us-east-1", "123456789012"
@@ -71,13 +72,9 @@ class Harness:
     def run(self, execution_input: dict[str, Any], name: str = "test-run") -> dict[str, Any]:
         arn = self.sfn.start_execution(stateMachineArn=self.arn, name=name,
                                        input=json.dumps(execution_input))["executionArn"]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            described: dict[str, Any] = self.sfn.describe_execution(executionArn=arn)
-            if described["status"] != "RUNNING":
-                return described
-            time.sleep(0.05)
-        raise AssertionError("execution did not finish within 60 s")
+        wait_for_executions(timeout_s=60)
+        described: dict[str, Any] = self.sfn.describe_execution(executionArn=arn)
+        return described
 
     def lock_owner(self) -> str | None:
         item = self.ddb.get_item(TableName=TABLE, Key={k: {"S": v} for k, v in LOCK_KEY.items()}).get("Item")
