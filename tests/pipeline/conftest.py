@@ -1,7 +1,8 @@
 """The full local pipeline, run once per test session on a small synthetic dataset.
 
-60 users x 40 items with user features (age band, gender) and item features (multi-valued genres),
-explicit ratings with timestamps; user ids are integers, item ids strings. Runs go through
+60 users x 40 items in 4 taste clusters (see :func:`write_dataset`) with user features (age band,
+gender) and item features (multi-valued genres), explicit ratings with timestamps; user ids are
+integers, item ids strings. Runs go through
 :class:`recpipe.local.engine.LocalEngine` (what ``recpipe run`` uses) against the session's
 dynalite; artifacts are then read from the S3 mirror on disk and the results table.
 """
@@ -21,6 +22,7 @@ from recpipe.executions.history import ExecutionOutcome, run_id_of
 from recpipe.local.engine import BUCKET, EngineOptions, LocalEngine
 
 N_USERS, N_ITEMS = 60, 40
+N_CLUSTERS = 4
 GENRES = ("drama", "comedy", "action", "horror", "doc")
 # Small and fast, but every stage of the real pipeline.
 OVERRIDES: dict[str, Any] = {
@@ -33,7 +35,15 @@ OVERRIDES: dict[str, Any] = {
 
 
 def write_dataset(root: Path, *, seed: int = 7, bad_rating_row: int | None = None) -> Path:
-    """interactions/, users/, items/ CSVs; ``bad_rating_row`` (1-based data row) gets rating 'abc'."""
+    """interactions/, users/, items/ CSVs; ``bad_rating_row`` (1-based data row) gets rating 'abc'.
+
+    Planted structure: users and items fall into ``N_CLUSTERS`` taste clusters (``u % N_CLUSTERS``,
+    ``j % N_CLUSTERS``). A user interacts mostly with items of their own cluster, which they rate 4
+    or 5 (relevant), and with a few other items, which they rate 1-3. So a model that learns who
+    likes what ranks a user's unseen own-cluster items first, while the most popular items are
+    spread over all clusters. The order of each user's interactions (their timestamps, hence the
+    holdout: the most recent ones) is random.
+    """
     rng = random.Random(seed)
     (root / "interactions").mkdir(parents=True)
     (root / "users").mkdir()
@@ -42,10 +52,13 @@ def write_dataset(root: Path, *, seed: int = 7, bad_rating_row: int | None = Non
     rows: list[list[str]] = []
     t = 1_600_000_000
     for u in range(1, N_USERS + 1):
-        liked = rng.sample(range(N_ITEMS), rng.randint(8, 20))
-        for j in liked:
+        own = [j for j in range(N_ITEMS) if j % N_CLUSTERS == u % N_CLUSTERS]
+        other = [j for j in range(N_ITEMS) if j % N_CLUSTERS != u % N_CLUSTERS]
+        chosen = [(j, rng.choice((4, 5))) for j in rng.sample(own, rng.randint(5, 8))]
+        chosen += [(j, rng.randint(1, 3)) for j in rng.sample(other, rng.randint(1, 3))]
+        rng.shuffle(chosen)
+        for j, rating in chosen:
             t += rng.randint(1, 100)
-            rating = 5 if (u + j) % 3 == 0 else rng.randint(1, 5)
             rows.append([str(u), f"i{j}", str(rating), str(t)])
     if bad_rating_row is not None:
         rows[bad_rating_row - 1][2] = "abc"
