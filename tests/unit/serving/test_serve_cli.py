@@ -6,20 +6,20 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError, URLError
+from urllib.error import HTTPError
 from urllib.request import urlopen
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from recpipe.local.dynamodb import client, ensure_table, free_port
+from recpipe.local.dynamodb import client, ensure_table
 from tests.unit.serving.seed import write_version
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -38,23 +38,21 @@ def served(dynalite_endpoint: str, tmp_path: Path) -> Iterator[tuple[str, list[s
     write_version(ddb, table, "r1", top_n=12, users=users, item_ids=item_ids, vectors=vectors,
                   similar_items=8, popularity=np.arange(30))
     common = ["--workdir", str(tmp_path), "--dynamodb-endpoint", dynalite_endpoint, "--table", table]
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "recpipe.cli", "serve", "--port", str(port), *common],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    process = subprocess.Popen([sys.executable, "-m", "recpipe.cli", "serve", "--port", "0", *common],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        while True:  # wait for the server to answer (not a fixed sleep)
-            try:
-                urlopen(url, timeout=1)
-            except HTTPError:
-                break  # it answered (404 on /)
-            except URLError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read().decode() if process.stdout else ""
-                    pytest.fail(f"recpipe serve did not start: {output}")
-                time.sleep(0.1)
+        # The command prints its URL once the socket listens: read up to that line (no polling).
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            if found and "Serving" in line:
+                url = found.group(0)
+                break
+        else:
+            pytest.fail(f"recpipe serve did not start: {''.join(seen)}")
         yield url, common
     finally:
         process.terminate()
