@@ -36,9 +36,9 @@ subprocess: importing aws_cdk is heavy); 3,008 MB when that fails.
 
 The Publish children (``PublishShard``) are the exception: a 1M-user run has 40 of them, and
 dynalite takes their rows at ~1,000/s, so they run ``--publish-concurrency`` (2) at a time, which
-lets one rank while the other's rows are written, unmeasured; after the run the users shard with
-the most rows is invoked again, alone and measured (it rewrites the very same rows: the child is
-idempotent). ``--publish-concurrency 1`` measures every child in the run instead.
+lets one rank while the other's rows are written, unmeasured; after the run the shard with the most
+rows of each kind (users, items) is invoked again, alone and measured (it rewrites the very same
+rows: the child is idempotent). ``--publish-concurrency 1`` measures every child in the run instead.
 
 **Publish projection.** Seconds per user of one Publish child alone (the replay, or the children's
 total time over the users they published), so a ``processing.users_per_shard`` shard takes
@@ -530,11 +530,14 @@ def main() -> int:
             failed = outcome.failed_state
             where = failed.label if failed else "?"
             print(f"FAILED at {where}: {outcome.error}: {str(outcome.cause)[:2000]}")
-        replayable = [i for i in meter.invocations
-                      if i.event is not None and i.ok and i.kind in (None, "users")]
-        if replayable:
-            largest = max(replayable, key=lambda i: i.rows or 0)
-            print(f"replaying {largest.function} shard {largest.shard} ({largest.rows} rows) alone, measured")
+        by_kind: dict[str | None, list[Invocation]] = defaultdict(list)
+        for inv in meter.invocations:
+            if inv.event is not None and inv.ok:
+                by_kind[inv.kind].append(inv)
+        for kind, invs in by_kind.items():  # the largest shard of each kind (users, items)
+            largest = max(invs, key=lambda i: i.rows or 0)
+            print(f"replaying {largest.function} {kind} shard {largest.shard} ({largest.rows} rows) alone, "
+                  "measured", flush=True)
             meter.replay(largest.function, functions[largest.function], largest.event)
         bucket = options.bucket
         manifest = read_json(engine, bucket, f"runs/{run_id}/processed/manifest.json") if run_id else {}
@@ -564,15 +567,19 @@ def main() -> int:
     max_worker = 0.0
     max_share = 0.0   # the largest worker peak / its deployed memory
     fits = True
-    by_function: dict[str, list[Invocation]] = defaultdict(list)
+    by_function: dict[tuple[str, str | None], list[Invocation]] = defaultdict(list)
     for inv in meter.invocations:
-        by_function[inv.function].append(inv)
-    for name, invs in by_function.items():
+        by_function[inv.function, inv.kind].append(inv)
+    baselines: dict[str, float] = {}
+    for (name, kind), invs in by_function.items():
+        label = f"{name}[{kind}]" if kind else name
         increases = [i.increase_mb for i in invs if i.increase_mb is not None]
         if not increases:
-            print(f"  {name:16s} {len(invs):6d}  (not measured)")
+            print(f"  {label:16s} {len(invs):6d}  (not measured)")
             continue
-        base = baseline_mb(functions[name])
+        if name not in baselines:
+            baselines[name] = baseline_mb(functions[name])
+        base = baselines[name]
         peak = base + max(increases)
         deployed = memory.get(name, memory.get("*", DEFAULT_LAMBDA_MB))
         if name in MEASURED:
@@ -582,7 +589,7 @@ def main() -> int:
         fits &= ok
         calls = len([i for i in invs if not i.replay])
         note = f"  (measured: {len(increases)} replayed)" if any(i.replay for i in invs) else ""
-        print(f"  {name:16s} {calls:6d} {max(i.seconds for i in invs):6.1f} {base:13.0f} "
+        print(f"  {label:16s} {calls:6d} {max(i.seconds for i in invs):6.1f} {base:13.0f} "
               f"{max(increases):16.0f} {peak:13.0f} {deployed:12d}{'' if ok else '  OVER'}{note}")
 
     # -- publish -------------------------------------------------------------------------------
@@ -594,7 +601,7 @@ def main() -> int:
                   and i.kind in (None, "users") and not i.replay]
     n_shards = len(shard_invs)
     # Seconds per user of one worker alone: the replay when the children ran side by side.
-    alone = [i for i in meter.invocations if i.replay and i.ok] or shard_invs
+    alone = [i for i in meter.invocations if i.replay and i.ok and i.kind in (None, "users")] or shard_invs
     published = sum(i.rows or 0 for i in alone)
     shard_total_s = sum(i.seconds for i in alone)
     wru = max(1, math.ceil(row_bytes / 1024))
