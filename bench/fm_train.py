@@ -224,7 +224,7 @@ def pipeline_rows(workdir: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
     from recpipe import config
     from recpipe.datasets import movielens_100k
     from recpipe.formats.recordio import read_sparse
-    from workflows.processing import preprocess
+    from workflows.processing import step
 
     source = movielens_100k(ROOT / ".recpipe" / "datasets" / "ml-100k", ROOT / ".recpipe" / "cache")
     opt_ml = workdir / "opt_ml"
@@ -233,7 +233,7 @@ def pipeline_rows(workdir: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if (source / part).exists():
             shutil.copytree(source / part, data / part)
     t0 = time.perf_counter()
-    manifest = preprocess.run(opt_ml)
+    manifest = step.run(opt_ml)
     out = opt_ml / "processing" / "output"
     print(f"(processing step on MovieLens-100k: {time.perf_counter() - t0:.1f} s)")
     dim = int(manifest["feature_dim"])

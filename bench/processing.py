@@ -6,8 +6,9 @@ Item popularity follows a power law (Zipf, exponent 1 over ranks offset by 10), 
 Pareto law (at least 20 ratings, as in MovieLens, at most 8,000), ratings the half-star histogram
 of ML-25M, timestamps uniform over 1995-2019.
 
-The step then runs as the container runs it (``python3 preprocess.py`` in a subprocess, default
-config: implicit, 4 negatives per positive, 20 % holdout) and the bench prints its wall time, peak
+The step then runs as the container runs it (``python3 workflows/processing/__main__.py`` in a
+subprocess; default config: implicit, 4 negatives per positive, 20 % holdout) and the bench
+prints its wall time, peak
 RSS (``getrusage(RUSAGE_CHILDREN)``) and input rows/s. The machine is shared and noisy, so a
 baseline is measured in the same run: a bare ``pandas.read_csv`` of the same file in a subprocess,
 the floor any CSV-reading step pays.
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "workflows" / "processing" / "preprocess.py"
+SCRIPT = ROOT / "workflows" / "processing" / "__main__.py"
 N_USERS, N_ITEMS, N_ROWS = 162_541, 62_423, 25_000_095
 RATINGS = np.arange(1, 11) / 2
 RATING_SHARE = np.array([1.6, 3.1, 1.6, 6.6, 5.0, 19.6, 12.6, 26.6, 8.5, 14.4])

@@ -218,7 +218,7 @@ def recpipe_in_process(
     from recpipe import vectors
     from recpipe.algorithms.fm import FactorizationMachines
     from recpipe.formats import read_sparse_files
-    from workflows.processing import preprocess
+    from workflows.processing import step
 
     config = cfg.resolve(overrides)
     with tempfile.TemporaryDirectory(prefix="recpipe-quality-") as tmp:
@@ -226,7 +226,7 @@ def recpipe_in_process(
         _stage_input(data_dir, frame, opt_ml / "processing" / "input" / "data")
         (opt_ml / "processing" / "input" / "config").mkdir(parents=True)
         (opt_ml / "processing" / "input" / "config" / "config.json").write_text(json.dumps(config))
-        manifest = preprocess.run(opt_ml)
+        manifest = step.run(opt_ml)
         out = opt_ml / "processing" / "output"
         files = manifest["files"]
         hp = plan(config, manifest)["fm_hyperparameters"]

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from recpipe import datasets
 from recpipe.formats import recordio
-from workflows.processing import preprocess
+from workflows.processing import paths, step
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -55,11 +55,11 @@ class Job:
         path.write_text(json.dumps(values))
 
     def run(self) -> dict[str, Any]:
-        return preprocess.run(self.opt_ml)
+        return step.run(self.opt_ml)
 
     def main(self, monkeypatch: pytest.MonkeyPatch) -> int:
-        monkeypatch.setenv(preprocess.OPT_ML_ENV, str(self.opt_ml))
-        return preprocess.main([])
+        monkeypatch.setenv(paths.OPT_ML_ENV, str(self.opt_ml))
+        return step.main([])
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tests.unit.processing.conftest import Job
-from workflows.processing import preprocess
+from workflows.processing import step
 
 HEADER = "user_id,item_id,rating,timestamp\n"
 GOOD = HEADER + "1,10,5,100\n2,11,4,200\n"
@@ -138,9 +138,9 @@ def test_internal_errors_still_give_one_line(job: Job, monkeypatch: pytest.Monke
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(preprocess, "_write_set", boom)
+    monkeypatch.setattr(step, "write_set", boom)
     assert job.main(monkeypatch) == 2
-    assert job.failure() == "Internal error in preprocess.py: RuntimeError: disk on fire second line\n"
+    assert job.failure() == "Internal error in the processing step: RuntimeError: disk on fire second line\n"
     assert "Traceback" in capsys.readouterr().err  # the details stay in the log
 
 

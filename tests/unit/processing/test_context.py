@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from tests.unit.processing.conftest import Job
-from workflows.processing import preprocess
-from workflows.processing.preprocess import SequenceContext
+from workflows.processing.context import SequenceContext, fit_budget
+from workflows.processing.negatives import sample_negatives
 
 # 2 users, 8 items; user 1 rates items 10..15 in time order, user 2 items 10..14 (ratings >= 4 but one).
 INTERACTIONS = "user_id,item_id,rating,timestamp\n" + "".join(
@@ -98,14 +98,14 @@ def test_fit_budget_lowers_rounds_first_then_the_context() -> None:
         return rounds * 5 * (6 * 2 + sum(min(b, length) for b in range(6)))
 
     args = (users, items, rows, 1, ones[:1], ones, 4)
-    unbounded = preprocess.fit_budget(*args, 4, 3, 0)
+    unbounded = fit_budget(*args, 4, 3, 0)
     assert (unbounded.negative_rounds, unbounded.context_items, unbounded.nonzeros) == (4, 3, nnz(4, 3))
-    assert preprocess.fit_budget(*args, 4, 3, nnz(4, 3)) == unbounded
-    two = preprocess.fit_budget(*args, 4, 3, nnz(3, 3) - 1)
+    assert fit_budget(*args, 4, 3, nnz(4, 3)) == unbounded
+    two = fit_budget(*args, 4, 3, nnz(3, 3) - 1)
     assert (two.negative_rounds, two.context_items) == (2, 3)
-    short = preprocess.fit_budget(*args, 4, 3, nnz(1, 2))
+    short = fit_budget(*args, 4, 3, nnz(1, 2))
     assert (short.negative_rounds, short.context_items, short.nonzeros) == (1, 2, nnz(1, 2))
-    none = preprocess.fit_budget(*args, 4, 3, 1)
+    none = fit_budget(*args, 4, 3, 1)
     assert (none.negative_rounds, none.context_items) == (1, 0)
 
 
@@ -132,9 +132,9 @@ def test_popularity_negatives_favour_popular_items() -> None:
     popularity[:5] = 1.0  # all popularity on items 0..4
     cdf = np.cumsum(popularity) / popularity.sum()
     wanted = np.full(n_users, 2)
-    _, uniform = preprocess.sample_negatives(seen, wanted, rng)
-    _, popular = preprocess.sample_negatives(seen, wanted, rng, cdf, 1.0)
-    _, mixed = preprocess.sample_negatives(seen, wanted, rng, cdf, 0.5)
+    _, uniform = sample_negatives(seen, wanted, rng)
+    _, popular = sample_negatives(seen, wanted, rng, cdf, 1.0)
+    _, mixed = sample_negatives(seen, wanted, rng, cdf, 0.5)
     assert np.mean(uniform < 5) < 0.25
     assert (popular < 5).all()
     assert 0.6 < np.mean(mixed < 5) < 0.9  # half by popularity + 10 % of the uniform half

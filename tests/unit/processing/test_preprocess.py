@@ -12,7 +12,8 @@ import pytest
 import scipy.sparse as sp
 
 from tests.unit.processing.conftest import Job
-from workflows.processing import preprocess
+from workflows.processing import write
+from workflows.processing.negatives import sample_negatives
 
 
 def random_interactions(n_users: int = 30, n_items: int = 60, per_user: int = 12, seed: int = 0,
@@ -170,7 +171,7 @@ def test_negatives_avoid_interactions_and_keep_the_ratio(job: Job) -> None:
 def test_sample_negatives_caps_at_the_unseen_items_and_draws_uniformly() -> None:
     seen = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]]),
                          dtype=np.float32)
-    users, items = preprocess.sample_negatives(seen, np.array([10, 2, 4, 1]), np.random.default_rng(0))
+    users, items = sample_negatives(seen, np.array([10, 2, 4, 1]), np.random.default_rng(0))
     by_user = {u: sorted(items[users == u].tolist()) for u in range(4)}
     assert by_user[0] == [2, 3, 4]  # wanted 10, only 3 unseen: all of them
     assert len(by_user[1]) == 2 and len(set(by_user[1])) == 2
@@ -178,7 +179,7 @@ def test_sample_negatives_caps_at_the_unseen_items_and_draws_uniformly() -> None
     assert len(by_user[3]) == 1 and by_user[3][0] != 1
     # uniform: a user with nothing seen draws each of 5 items ~ equally often
     many = sp.csr_matrix((2000, 5), dtype=np.float32)
-    _, drawn = preprocess.sample_negatives(many, np.ones(2000, dtype=np.int64), np.random.default_rng(1))
+    _, drawn = sample_negatives(many, np.ones(2000, dtype=np.int64), np.random.default_rng(1))
     shares = np.bincount(drawn, minlength=5) / 2000
     assert np.all(np.abs(shares - 0.2) < 0.04)
 
@@ -330,7 +331,7 @@ def test_same_seed_same_bytes_other_seed_other_negatives(make_job: Callable[[str
 
 
 def test_shards_are_bounded_and_whole(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(preprocess, "MAX_SHARD_BYTES", 3000)
+    monkeypatch.setattr(write, "MAX_SHARD_BYTES", 3000)
     job.write("interactions/i.csv", random_interactions(seed=4))
     job.config(**{"evaluation.holdout_fraction": 0.0})
     manifest = job.run()
