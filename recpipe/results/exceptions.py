@@ -20,3 +20,7 @@ class PointerConflictError(ResultsError):
 
 class VersionNotActivatableError(ResultsError):
     """Re-activation refused: the version is unknown, still being written, or expired."""
+
+
+class ShardReportError(ResultsError):
+    """Commit refused: a Publish shard wrote no report, or one that does not match its shard."""
