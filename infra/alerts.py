@@ -20,7 +20,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
+from recpipe.executions.status import STATUS_CHANGE_EVENT, UNSUCCESSFUL
 
 
 class FailureAlerts(Construct):
@@ -59,8 +59,8 @@ class FailureAlerts(Construct):
             description="recpipe pipeline executions that failed, timed out or were aborted",
             event_pattern=events.EventPattern(
                 source=["aws.states"],
-                detail_type=["Step Functions Execution Status Change"],
-                detail={"status": list(FAILED_STATUSES),
+                detail_type=[STATUS_CHANGE_EVENT],
+                detail={"status": list(UNSUCCESSFUL),
                         "stateMachineArn": [state_machine.state_machine_arn]},
             ),
         )

@@ -32,10 +32,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from infra.nag import acknowledge
+from recpipe.executions.status import MAY_HOLD_LOCK, STATUS_CHANGE_EVENT
 
-STATUS_CHANGE = "Step Functions Execution Status Change"
-# The statuses whose execution may have skipped its Catch (lambdas.release.handler.STOPPED_STATUSES).
-STOPPED_STATUSES = ("ABORTED", "TIMED_OUT", "FAILED")
 RETRY_ATTEMPTS = 3
 MAX_EVENT_AGE = Duration.hours(2)
 
@@ -60,8 +58,8 @@ class LockCleanup(Construct):
                         "run lock if they still hold it",
             event_pattern=events.EventPattern(
                 source=["aws.states"],
-                detail_type=[STATUS_CHANGE],
-                detail={"status": list(STOPPED_STATUSES),
+                detail_type=[STATUS_CHANGE_EVENT],
+                detail={"status": list(MAY_HOLD_LOCK),
                         "stateMachineArn": [state_machine.state_machine_arn]},
             ),
         )

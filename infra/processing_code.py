@@ -11,7 +11,8 @@ from constructs import Construct
 from infra.exceptions import BundlingError
 from infra.lambda_bundling import stage_tree
 from infra.nag import acknowledge, acknowledge_key_grant, logical_id, resource_finding
-from infra.storage import PROCESSING_CODE_PREFIX, DataBucket
+from infra.storage import DataBucket
+from workflows.definition import PROCESSING_CODE_PREFIX
 
 
 def stage_files(files: Mapping[str, Path], cache_dir: Path) -> Path:

@@ -21,11 +21,10 @@ from constructs import Construct
 
 from infra.nag import acknowledge, acknowledge_key_grant, logical_id, resource_finding
 from recpipe import tables
+from recpipe.runs import RUNS_PREFIX
 
 INPUT_PREFIX = "input/"
 CODE_PREFIX = "code/"
-PROCESSING_CODE_PREFIX = "code/processing/"
-RUNS_PREFIX = "runs/"
 ACCESS_LOG_PREFIX = "data-bucket/"
 
 

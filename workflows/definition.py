@@ -48,6 +48,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from recpipe.formats.media_types import KNN_VERBOSE_JSONLINES, RECORDIO_PROTOBUF
+from recpipe.results.lock import LOCK_TTL_SECONDS
+
 # Lambdas: logical name -> handler. CDK creates one function per entry; the local engine dispatches
 # ``lambda:invoke`` of ``${<Name>FunctionArn}`` to the handler.
 FUNCTIONS: dict[str, str] = {
@@ -70,11 +73,9 @@ PLACEHOLDERS: tuple[str, ...] = (
 
 ASL_PATH = Path(__file__).with_name("statemachine.asl.json")
 
-# An execution never outlives the run lock it takes (recpipe.results.lock.LOCK_TTL_SECONDS).
-TIMEOUT_SECONDS = 48 * 3600
+# An execution never outlives the run lock it takes.
+TIMEOUT_SECONDS = LOCK_TTL_SECONDS
 MAP_CONCURRENCY = 2
-RECORDIO = "application/x-recordio-protobuf"
-KNN_ACCEPT = "application/jsonlines; verbose=true"
 # Batch transform mini-batches: built-ins reject 0 (unlimited). One user record is ~4 (k+1) bytes
 # of recordio in, and a verbose response of k labels and distances out (~25 k bytes): 1 MB of input
 # (thousands of users) keeps each response in the tens of MB.
@@ -82,6 +83,8 @@ TRANSFORM_MAX_PAYLOAD_MB = 1
 DEFAULT_ENTRYPOINT = ["python3", "/opt/ml/processing/input/code/preprocess.py"]
 PROCESSING_INPUT = "/opt/ml/processing/input"
 PROCESSING_OUTPUT = "/opt/ml/processing/output"
+# Where the processing code lives in the data bucket (CDK and the local engine upload it there).
+PROCESSING_CODE_PREFIX = "code/processing/"
 # The last dotted part of the caught error's name (see _Builder.failure_report).
 _PARTS = "States.StringSplit($.error.Error, '.')"
 ERROR_NAME = f"States.ArrayGetItem({_PARTS}, States.MathAdd(States.ArrayLength({_PARTS}), -1))"
@@ -240,7 +243,7 @@ class _Builder:
                             destination=f"{PROCESSING_INPUT}/data"),
             ProcessingInput(input_name="config", source="s3://unused/config.json",
                             destination=f"{PROCESSING_INPUT}/config"),
-            ProcessingInput(input_name="code", source=f"s3://{_ph('DataBucket')}/code/processing/",
+            ProcessingInput(input_name="code", source=f"s3://{_ph('DataBucket')}/{PROCESSING_CODE_PREFIX}",
                             destination=f"{PROCESSING_INPUT}/code"),
         ]
         outputs = [ProcessingOutput(output_name="processed", source=PROCESSING_OUTPUT,
@@ -280,7 +283,7 @@ class _Builder:
                                     result_path="$.knn")
         p = step.parameters
         channel = p["InputDataConfig"][0]
-        channel["ContentType"] = RECORDIO
+        channel["ContentType"] = RECORDIO_PROTOBUF
         _dyn(channel, "DataSource.S3DataSource.S3Uri", "$.vectors.items_prefix")
         _dyn(p, "TrainingJobName", attempt_name("$.variant.jobs.knn"))
         _dyn(p, "HyperParameters", "$.plan.knn_hyperparameters")
@@ -310,11 +313,11 @@ class _Builder:
 
         transformer = Transformer(model_name="unused", instance_count=1, instance_type="ml.m5.xlarge",
                                   strategy="MultiRecord", assemble_with="Line", output_path="s3://unused/out/",
-                                  accept=KNN_ACCEPT, max_payload=TRANSFORM_MAX_PAYLOAD_MB,
+                                  accept=KNN_VERBOSE_JSONLINES, max_payload=TRANSFORM_MAX_PAYLOAD_MB,
                                   sagemaker_session=self.session)
         step = self.sf.TransformStep("Batch transform", transformer=transformer, job_name="unused",
                                      model_name="unused", data="s3://unused/users/", data_type="S3Prefix",
-                                     content_type=RECORDIO, split_type="RecordIO", result_path=None)
+                                     content_type=RECORDIO_PROTOBUF, split_type="RecordIO", result_path=None)
         p = step.parameters
         _dyn(p, "TransformJobName", attempt_name("$.variant.jobs.xform"))
         _dyn(p, "ModelName", "$.model.name")  # what Create model created

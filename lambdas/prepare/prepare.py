@@ -18,6 +18,7 @@ from typing import Any
 
 from recpipe import config as cfg
 from recpipe import runs
+from recpipe.formats.media_types import RECORDIO_PROTOBUF
 from recpipe.lambda_errors import ConfigurationError, InputError
 from recpipe.results.lock import LOCK_TTL_SECONDS, acquire_lock
 
@@ -27,7 +28,6 @@ DEFAULTS_ENV = "RECPIPE_DEFAULTS"
 # pre-fills the start dialog with {"Comment": "Insert your JSON here"}.
 IGNORED_INPUT_KEYS = frozenset({"Comment"})
 
-RECORDIO = "application/x-recordio-protobuf"
 EVAL, SERVE = "eval", "serve"
 
 
@@ -76,7 +76,7 @@ def _channel(name: str, uri: str) -> dict[str, Any]:
     """One ``InputDataConfig`` entry of CreateTrainingJob: every object under the prefix."""
     return {
         "ChannelName": name,
-        "ContentType": RECORDIO,
+        "ContentType": RECORDIO_PROTOBUF,
         "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
                                         "S3DataDistributionType": "FullyReplicated"}},
     }

@@ -23,14 +23,11 @@ import boto3
 from aws_lambda_powertools import Logger
 
 from recpipe import runs
+from recpipe.executions.status import MAY_HOLD_LOCK, STATUS_CHANGE_EVENT
 from recpipe.lambda_errors import InputError
 from recpipe.results.lock import release_lock
 
 logger = Logger(service="recpipe-release")
-
-STATUS_CHANGE = "Step Functions Execution Status Change"
-# Statuses whose execution may have ended without running its Catch (and so without releasing the lock).
-STOPPED_STATUSES = ("ABORTED", "TIMED_OUT", "FAILED")
 
 
 @functools.cache
@@ -45,25 +42,25 @@ def run_to_release(event: Any) -> str | None:
         return _stopped_run(event)
     run_id = event.get("run_id") if isinstance(event, dict) else None
     if not isinstance(run_id, str) or not run_id:
-        raise InputError(f"The Release event must be {{\"run_id\": str}} or an EventBridge {STATUS_CHANGE!r} "
-                         f"event; 'run_id' is {run_id!r} in {event!r}.")
+        raise InputError("The Release event must be {\"run_id\": str} or an EventBridge "
+                         f"{STATUS_CHANGE_EVENT!r} event; 'run_id' is {run_id!r} in {event!r}.")
     return run_id
 
 
 def _stopped_run(event: dict[str, Any]) -> str | None:
-    if event["detail-type"] != STATUS_CHANGE:
-        raise InputError(f"The Release function handles EventBridge events of detail-type {STATUS_CHANGE!r} "
-                         f"only, got {event['detail-type']!r}.")
+    if event["detail-type"] != STATUS_CHANGE_EVENT:
+        raise InputError("The Release function handles EventBridge events of detail-type "
+                         f"{STATUS_CHANGE_EVENT!r} only, got {event['detail-type']!r}.")
     detail = event.get("detail")
     if not isinstance(detail, dict):
-        raise InputError(f"The {STATUS_CHANGE!r} event has no 'detail' object, got {detail!r}.")
+        raise InputError(f"The {STATUS_CHANGE_EVENT!r} event has no 'detail' object, got {detail!r}.")
     for field in ("status", "name", "stateMachineArn"):
         if not isinstance(detail.get(field), str) or not detail[field]:
-            raise InputError(f"The {STATUS_CHANGE!r} event's 'detail.{field}' must be a non-empty string, "
-                             f"got {detail.get(field)!r}.")
+            raise InputError(f"The {STATUS_CHANGE_EVENT!r} event's 'detail.{field}' must be a non-empty "
+                             f"string, got {detail.get(field)!r}.")
     status, name = detail["status"], detail["name"]
-    if status not in STOPPED_STATUSES:
-        logger.info(f"Ignored: execution {name} ended {status}; only {', '.join(STOPPED_STATUSES)} "
+    if status not in MAY_HOLD_LOCK:
+        logger.info(f"Ignored: execution {name} ended {status}; only {', '.join(MAY_HOLD_LOCK)} "
                     f"executions may skip the state machine's own Release",
                     extra={"execution_name": name, "status": status,
                            "state_machine_arn": detail["stateMachineArn"]})

@@ -28,10 +28,10 @@ import numpy as np
 
 from recpipe import runs, vectors
 from recpipe.formats import recordio
+from recpipe.formats.media_types import RECORDIO_PROTOBUF
 from recpipe.lambda_errors import InputError
 
 ITEMS_FILE = "items.pbr"
-CONTENT_TYPE = "application/x-recordio-protobuf"
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _put(s3: Any, uri: str, array: np.ndarray, labels: np.ndarray | None) -> Non
     recordio.write_dense(buf, array, labels)
     bucket, key = runs.parse_s3_uri(uri)
     buf.seek(0)
-    s3.upload_fileobj(buf, bucket, key, ExtraArgs={"ContentType": CONTENT_TYPE})
+    s3.upload_fileobj(buf, bucket, key, ExtraArgs={"ContentType": RECORDIO_PROTOBUF})
 
 
 def _delete_stale(s3: Any, prefix: str, keep: set[str]) -> list[str]:

@@ -57,6 +57,7 @@ import numpy.typing as npt
 
 from recpipe.algorithms.container import NJobs, OnEpoch, read_hyperparameters, training_job
 from recpipe.algorithms.exceptions import ClientError, DataError, HyperparameterError
+from recpipe.formats.media_types import RECORDIO_PROTOBUF
 
 __all__ = [
     "INDEX_METRICS",
@@ -74,7 +75,6 @@ INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat", "faiss.IVFPQ")
 INDEX_METRICS = ("L2", "INNER_PRODUCT", "COSINE")
 PREDICTOR_TYPES = ("classifier", "regressor")
 PQ_M_VALUES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
-RECORDIO = "application/x-recordio-protobuf"
 MODEL_NAME = "model_algo-1"
 SAMPLE_SEED = 0
 FORMAT_VERSION = 1
@@ -546,13 +546,15 @@ def run_transform(
     from recpipe.formats.recordio import read_dense
 
     media, _ = _parse_media_type(content_type or "", "content type")
-    if media != RECORDIO:
+    if media != RECORDIO_PROTOBUF:
         raise ClientError(
             f"The content type '{content_type}' is not supported by the local k-NN stand-in; "
-            f"send '{RECORDIO}'."
+            f"send '{RECORDIO_PROTOBUF}'."
         )
     if split_type not in ("RecordIO", "None"):
-        raise ClientError(f"The split type '{split_type}' does not fit {RECORDIO} input; use RecordIO.")
+        raise ClientError(
+            f"The split type '{split_type}' does not fit {RECORDIO_PROTOBUF} input; use RecordIO."
+        )
     writer, verbose = _output_writer(accept)
     model = KnnModel.load(Path(model_dir))
     hp = model.hyperparameters
@@ -565,7 +567,9 @@ def run_transform(
         try:
             queries, _ = read_dense(path)
         except Exception as err:
-            raise ClientError(f"Unable to read the input file {path.name} as {RECORDIO}: {err}") from err
+            raise ClientError(
+                f"Unable to read the input file {path.name} as {RECORDIO_PROTOBUF}: {err}"
+            ) from err
         queries = np.asarray(queries, dtype=np.float32)
         if queries.shape[0] and queries.shape[1] != hp.feature_dim:
             raise ClientError(

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from recpipe.cli.core import console
 from recpipe.executions.history import summarise_cause
+from recpipe.executions.status import FAILED, SUCCEEDED
 
 _ICONS = {"running": "[yellow]…[/]", "succeeded": "[green]✓[/]", "failed": "[red]✗[/]",
           "aborted": "[dim]-[/]"}
@@ -110,7 +111,7 @@ def _metrics_of(outcome: Any) -> dict[str, float] | None:
 
 def print_outcome(outcome: Any, run_id: str | None, started: float) -> None:
     elapsed = dt.datetime.now().timestamp() - started
-    if outcome.status == "SUCCEEDED":
+    if outcome.status == SUCCEEDED:
         console.print(f"\n[green bold]Run {run_id} succeeded[/] in {duration(elapsed)}.")
     else:
         failed = outcome.failed_state
@@ -153,7 +154,7 @@ def print_samples(ddb: Any, table: str, run_id: str | None, n: int = 3) -> None:
 def print_status(*, run_id: Any, execution_name: Any, backend: str, status: Any, started: Any,
                  stopped: Any, error: Any, cause: Any, states: list[Any]) -> None:
     """The header and per-state table of ``recpipe status`` (local records and AWS executions alike)."""
-    colour = {"SUCCEEDED": "green", "FAILED": "red"}.get(str(status), "yellow")
+    colour = {SUCCEEDED: "green", FAILED: "red"}.get(str(status), "yellow")
     console.print(f"Run [bold]{escape(str(run_id))}[/] (execution {escape(str(execution_name))}, {backend}): "
                   f"[{colour}]{status}[/]")
     console.print(f"  started {started}  stopped {stopped}")

@@ -24,6 +24,7 @@ from recpipe.cli.core import (
 )
 from recpipe.cli.display import iso_epoch
 from recpipe.cli.target import Target, open_table
+from recpipe.executions.status import RUNNING
 
 
 def _lock_owner_state(target: Target, lock: Mapping[str, Any], now: float) -> tuple[str, str]:
@@ -44,14 +45,14 @@ def _lock_owner_state(target: Target, lock: Mapping[str, Any], now: float) -> tu
         found = remote.execution_status(sfn, target.state_machine_arn, execution_name)
         if found is None:
             return "unknown", f"no execution named '{execution_name}' in {target.state_machine_arn}"
-        if found == "RUNNING":
+        if found == RUNNING:
             return "running", f"its execution '{execution_name}' is RUNNING"
         return "ended", f"its execution '{execution_name}' ended {found}"
     from recpipe.executions import records
 
     for record in reversed(records.all_records(target.workdir)):
         if owner == record.get("run_id") or execution_name == record.get("execution_name"):
-            if record.get("status") == "RUNNING":
+            if record.get("status") == RUNNING:
                 return "running", f"its local record says RUNNING ({records.records_dir(target.workdir)})"
             return "ended", f"its local run ended {record.get('status')}"
     return "unknown", (f"no local record of run '{owner}' under {records.records_dir(target.workdir)}: it "

@@ -24,6 +24,7 @@ from recpipe.cli.core import (
 )
 from recpipe.cli.display import RunDisplay, print_outcome, print_samples
 from recpipe.cli.target import check_local_only
+from recpipe.executions.status import SUCCEEDED
 
 
 @command
@@ -125,11 +126,11 @@ def _run_local(overrides: dict[str, Any], prefix: str, interactions: Path, users
                 tick()
             run_id = run_id_of(outcome)
             print_outcome(outcome, run_id, started)
-            if outcome.status == "SUCCEEDED" or run_id:
-                published = run_id if outcome.status == "SUCCEEDED" else None
+            if outcome.status == SUCCEEDED or run_id:
+                published = run_id if outcome.status == SUCCEEDED else None
                 print_samples(engine.results_client(), table, published)
             console.print(f"Details: recpipe status {run_id or ''} --workdir {workdir}".rstrip())
-            return 0 if outcome.status == "SUCCEEDED" else 1
+            return 0 if outcome.status == SUCCEEDED else 1
     except LocalEngineError as exc:
         err_console.print(f"[red]Error:[/] {exc}")
         return 2
@@ -171,4 +172,4 @@ def _run_aws(arn: str, overrides: dict[str, Any], workdir: Path, region: str | N
         "states": [s.to_json() for s in outcome.states],
         "events": jsonable_events(full_history(sfn, execution_arn)),
     })
-    return 0 if outcome.status == "SUCCEEDED" else 1
+    return 0 if outcome.status == SUCCEEDED else 1

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recpipe.executions.history import ExecutionOutcome, outcome_from
+from recpipe.executions.status import RUNNING
 
 UpdateCallback = Callable[[ExecutionOutcome], None]
 
@@ -42,7 +43,7 @@ def follow(sfn: Any, arn: str, *, on_update: UpdateCallback | None = None, poll_
         outcome = snapshot(sfn, arn)
         if on_update is not None:
             on_update(outcome)
-        if outcome.status != "RUNNING":
+        if outcome.status != RUNNING:
             return outcome
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             return outcome

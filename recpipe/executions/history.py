@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from recpipe.executions.status import RUNNING, SUCCEEDED
+
 _ITER_START = "MapIterationStarted"
 _ITER_END = ("MapIterationSucceeded", "MapIterationFailed", "MapIterationAborted")
 _FAILED_TYPES = ("TaskFailed", "TaskTimedOut", "LambdaFunctionFailed", "LambdaFunctionTimedOut",
@@ -205,14 +207,14 @@ def _variant_of(state_input: Any) -> str | None:
 def outcome_from(describe: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> ExecutionOutcome:
     """Combine ``describe_execution`` and the history into an :class:`ExecutionOutcome`."""
     states = state_runs(events)
-    status = str(describe.get("status", "RUNNING"))
-    if status != "RUNNING":
+    status = str(describe.get("status", RUNNING))
+    if status != RUNNING:
         end = describe.get("stopDate")
         for run in states:
             if run.ended is None:
                 run.ended = _time(end) if end else run.started
                 if run.status == "running":
-                    run.status = "aborted" if status != "SUCCEEDED" else "succeeded"
+                    run.status = "aborted" if status != SUCCEEDED else "succeeded"
     return ExecutionOutcome(status=status, error=describe.get("error"), cause=describe.get("cause"),
                             output=_json(describe.get("output")), states=states)
 

@@ -36,6 +36,7 @@ from recpipe.executions import records
 from recpipe.executions.follow import UpdateCallback, follow, full_history
 from recpipe.executions.history import ExecutionOutcome, jsonable_events, outcome_from, run_id_of
 from recpipe.executions.records import new_execution_name
+from recpipe.executions.status import ABORTED, RUNNING
 from recpipe.local.dynamodb import DEFAULT_TABLE, REGION, Dynalite, ensure_table
 from recpipe.local.exceptions import LocalEngineError
 from recpipe.local.lambdas import Handler, LocalLambda
@@ -56,7 +57,6 @@ IMAGES: dict[str, str] = {
     "knn": "local/knn:1",
     "processing": "local/sklearn-processing:1",
 }
-CODE_PREFIX = "code/processing/"
 # The function of workflows.definition.FUNCTIONS that releases the run lock (abort calls it).
 RELEASE_FUNCTION = "Release"
 _QUIET_LOGGERS = ("moto", "botocore", "boto3", "urllib3", "aws_lambda_powertools")
@@ -321,13 +321,14 @@ class LocalEngine:
         """Upload the processing script and the modules shipped beside it to ``code/processing/``."""
         try:
             from workflows import processing
+            from workflows.definition import PROCESSING_CODE_PREFIX
         except ImportError as exc:
             raise LocalEngineError(f"workflows.processing cannot be imported ({exc}).") from exc
         assert self.mirror is not None
-        self.mirror.delete_prefix(CODE_PREFIX)
+        self.mirror.delete_prefix(PROCESSING_CODE_PREFIX)
         keys = []
         for name, path in processing.code_files().items():  # path in the code directory -> source
-            key = CODE_PREFIX + name
+            key = PROCESSING_CODE_PREFIX + name
             self.s3.upload_file(str(path), self.options.bucket, key)
             keys.append(key)
         self._sync_quietly()
@@ -374,8 +375,8 @@ class LocalEngine:
                 handler({"run_id": run_id}, None)
         with contextlib.suppress(Exception):
             outcome = outcome_from(self.sfn.describe_execution(executionArn=arn), full_history(self.sfn, arn))
-            if outcome.status == "RUNNING":
-                outcome.status = "ABORTED"
+            if outcome.status == RUNNING:
+                outcome.status = ABORTED
                 outcome.error, outcome.cause = "Interrupted", "Stopped from the CLI (Ctrl-C)."
                 for state in outcome.states:
                     if state.ended is None:

@@ -14,7 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-_SKIP_PRELOAD = ("runs/",)
+from recpipe.runs import RUNS_PREFIX
+
+_SKIP_PRELOAD = (RUNS_PREFIX,)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from recpipe.report.data import REPORT_KEY
+from recpipe.runs import RUNS_PREFIX
 
-RUNS_PREFIX = "runs/"
 EPOCHS_DIR = "training-metrics"  # under the local work directory: one JSON-lines file per training job
 CLOUDWATCH_NAMESPACE = "/aws/sagemaker/TrainingJobs"
 

@@ -34,14 +34,6 @@ def _queue(synth: Synth) -> str:
     return logical
 
 
-def test_consistent_with_the_handler() -> None:
-    from infra.lock_cleanup import STATUS_CHANGE, STOPPED_STATUSES
-    from lambdas.release import handler
-
-    assert STOPPED_STATUSES == handler.STOPPED_STATUSES
-    assert STATUS_CHANGE == handler.STATUS_CHANGE
-
-
 def test_rule_sends_this_machines_stopped_executions_to_release(synth: Synth) -> None:
     _, rule = _cleanup_rule(synth)
     assert rule["State"] == "ENABLED"
