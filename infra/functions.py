@@ -75,9 +75,10 @@ FUNCTION_SPECS: dict[str, FunctionSpec] = {
         s3_write=(RUNS_PREFIX,), table_read=True, table_write=True,
         description="Top-N per user into the results table, then flips the active version"),
     # The Publish Map's child (one per shard of shards/serve.json) and the state after the Map.
+    # PublishShard reads the active pointer when it begins the version (based_on_run_id).
     "PublishShard": FunctionSpec(
         memory_mb=3008, timeout_minutes=15, ephemeral_mb=2048, s3_read=(RUNS_PREFIX,),
-        s3_write=(PUBLISH_REPORTS,), table_write=True,
+        s3_write=(PUBLISH_REPORTS,), table_read=True, table_write=True,
         description="One shard: top-N per user (or similar items) into the results table, and its report"),
     "Commit": FunctionSpec(
         memory_mb=1024, timeout_minutes=5, s3_read=(RUNS_PREFIX,), table_read=True, table_write=True,

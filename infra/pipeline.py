@@ -12,7 +12,9 @@ exactly what the definition's integrations need:
 * ``iam:PassRole`` on the SageMaker execution role only, to ``sagemaker.amazonaws.com`` only;
 * ``events:PutTargets/PutRule/DescribeRule`` on the managed rules through which Step Functions
   learns that a job finished (``StepFunctionsGetEventsForSageMaker{Training,Processing,Transform}JobsRule``);
-* ``lambda:InvokeFunction`` on the pipeline's own functions.
+* ``lambda:InvokeFunction`` on the pipeline's own functions;
+* for a Distributed Map, its child executions and its ItemReader/ResultWriter objects
+  (``infra/distributed_map.py``, derived from the definition).
 
 CDK adds the statements for CloudWatch Logs delivery (level ALL) and X-Ray tracing.
 """
@@ -28,8 +30,10 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from infra.distributed_map import DistributedMaps, grant_distributed_maps
 from infra.exceptions import WiringError
 from infra.nag import acknowledge, resource_finding
+from infra.storage import DataBucket
 
 SAGEMAKER_JOB_KINDS = {
     "training-job": "TrainingJob",
@@ -57,13 +61,14 @@ def select_substitutions(placeholders: Iterable[str], available: Mapping[str, st
 class PipelineStateMachine(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, definition_json: str,
                  substitutions: Mapping[str, str], functions: Iterable[lambda_.IFunction],
-                 sagemaker_role: iam.IRole, name_prefix: str,
+                 sagemaker_role: iam.IRole, name_prefix: str, data: DataBucket,
                  log_retention: logs.RetentionDays) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
+        machine_name = f"{name_prefix}-pipeline"
         self.log_group = logs.LogGroup(
             self, "Logs",
-            log_group_name=f"/aws/vendedlogs/states/{name_prefix}-pipeline",
+            log_group_name=f"/aws/vendedlogs/states/{machine_name}",
             retention=log_retention,
             removal_policy=RemovalPolicy.DESTROY,
         )
@@ -101,11 +106,14 @@ class PipelineStateMachine(Construct):
             sid="InvokePipelineFunctions",
             actions=["lambda:InvokeFunction"],
             resources=[function.function_arn for function in functions]))
+        self.distributed_maps = DistributedMaps.of(definition_json)
+        statements += grant_distributed_maps(self.role, self.distributed_maps,
+                                             state_machine_name=machine_name, data=data, scope=self)
         self.policy = iam.Policy(self, "Policy", statements=statements, roles=[self.role])
 
         self.state_machine = sfn.StateMachine(
             self, "StateMachine",
-            state_machine_name=f"{name_prefix}-pipeline",
+            state_machine_name=machine_name,
             definition_body=sfn.DefinitionBody.from_string(definition_json),
             definition_substitutions=dict(substitutions),
             role=self.role,
@@ -113,8 +121,9 @@ class PipelineStateMachine(Construct):
                                 include_execution_data=True),
             tracing_enabled=True,
         )
-        # The state machine must not exist before its permissions do (the first execution would fail).
-        self.state_machine.node.add_dependency(self.policy)
+        # The state machine must not exist before its permissions do (the first execution would fail);
+        # the role's default policy holds the Distributed Map's S3 and key grants.
+        self.state_machine.node.add_dependency(self.policy, self.role)
 
         for kind in (*SAGEMAKER_JOB_KINDS, "model"):
             acknowledge(self, resource_finding(

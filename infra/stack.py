@@ -17,6 +17,7 @@ from constructs import Construct
 
 from infra.alerts import FailureAlerts
 from infra.api import ReadApi
+from infra.distributed_map import DistributedMaps
 from infra.functions import PipelineFunctions
 from infra.images import FM_IMAGE, KNN_IMAGE, PROCESSING_IMAGE, BuiltinImages
 from infra.lambda_bundling import dependency_layer_code, directory_size, function_code, stage_function_code
@@ -79,7 +80,8 @@ class RecpipeStack(Stack):
         self.settings = settings
 
         self.data = DataBucket(self, "Data", run_retention_days=settings.run_retention_days,
-                               access_log_retention_days=settings.access_log_retention_days)
+                               access_log_retention_days=settings.access_log_retention_days,
+                               run_output_prefixes=DistributedMaps.of(workflow.definition_json).result_prefixes)
         self.results = ResultsTable(self, "Results", existing_table_name=settings.existing_table_name)
         self.images = BuiltinImages(self, "Images")
         self.processing_code = ProcessingCode(self, "ProcessingCode", data=self.data,
@@ -127,6 +129,7 @@ class RecpipeStack(Stack):
             functions=self.functions.functions.values(),
             sagemaker_role=self.sagemaker.role,
             name_prefix=settings.name_prefix,
+            data=self.data,
             log_retention=retention,
         )
         # A run must not start before its processing code is in the bucket.

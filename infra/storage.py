@@ -33,7 +33,8 @@ class DataBucket(Construct):
     server access logs to a separate bucket, ``runs/`` expiring."""
 
     def __init__(self, scope: Construct, construct_id: str, *, run_retention_days: int,
-                 access_log_retention_days: int, noncurrent_version_days: int = 30) -> None:
+                 access_log_retention_days: int, noncurrent_version_days: int = 30,
+                 run_output_prefixes: tuple[str, ...] = ()) -> None:
         super().__init__(scope, construct_id)
         self.key = kms.Key(
             self, "Key",
@@ -68,6 +69,11 @@ class DataBucket(Construct):
             lifecycle_rules=[
                 s3.LifecycleRule(id="ExpireRuns", prefix=RUNS_PREFIX,
                                  expiration=Duration.days(run_retention_days)),
+                # What runs write outside runs/ (a Distributed Map's ResultWriter prefix) expires alike.
+                *(s3.LifecycleRule(id=f"ExpireRunOutput{i}", prefix=prefix,
+                                   expiration=Duration.days(run_retention_days))
+                  for i, prefix in enumerate(p for p in run_output_prefixes
+                                             if not p.startswith(RUNS_PREFIX))),
                 s3.LifecycleRule(id="AbortIncompleteUploads",
                                  abort_incomplete_multipart_upload_after=Duration.days(7),
                                  noncurrent_version_expiration=Duration.days(noncurrent_version_days),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 import pytest
@@ -81,7 +82,7 @@ def _pipeline_and_role(name_prefix: str) -> Template:
     PipelineStateMachine(stack, "Pipeline", definition_json=definition, substitutions={},
                          functions=[lambda_.Function.from_function_arn(
                              stack, "F", "arn:aws:lambda:eu-west-1:123456789012:function:f")],
-                         sagemaker_role=role.role,
+                         sagemaker_role=role.role, data=data,
                          name_prefix=name_prefix, log_retention=logs.RetentionDays.ONE_DAY)
     return Template.from_stack(stack)
 
@@ -150,3 +151,93 @@ def test_an_existing_table_is_used_not_created(tmp_path: Path) -> None:
     from aws_cdk import aws_dynamodb as dynamodb
 
     assert not [c for c in stack.node.find_all() if isinstance(c, dynamodb.CfnTable)]
+
+
+# --- a Distributed Map in the definition: child executions, ItemReader, ResultWriter ----------------
+
+DISTRIBUTED_ASL = json.dumps({"StartAt": "Publish", "States": {"Publish": {
+    "Type": "Map",
+    "ItemReader": {"Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"},
+                   "Parameters": {"Bucket.$": "$.run.publish.shards.Bucket",
+                                  "Key.$": "$.run.publish.shards.Key"}},
+    "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                      "StartAt": "Shard", "States": {"Shard": {"Type": "Pass", "End": True}}},
+    "ResultWriter": {"Resource": "arn:aws:states:::s3:putObject",
+                     "Parameters": {"Bucket": "${DataBucket}", "Prefix": "publish-results"}},
+    "End": True}}})
+
+
+def test_distributed_map_reads_off_the_definition() -> None:
+    from infra.distributed_map import SHARD_LISTS, DistributedMaps
+    from infra.exceptions import WiringError
+
+    maps = DistributedMaps.of(DISTRIBUTED_ASL)
+    assert maps == DistributedMaps(states=("Publish",), item_sources=(SHARD_LISTS,),
+                                   result_prefixes=("publish-results/",))
+    assert SHARD_LISTS == "runs/*/processed/shards/"
+    assert DistributedMaps.of('{"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}') == \
+        DistributedMaps()
+    with pytest.raises(WiringError, match="'Publish' ResultWriter uses bucket 'elsewhere'"):
+        DistributedMaps.of(DISTRIBUTED_ASL.replace('"${DataBucket}"', '"elsewhere"'))
+
+
+def test_distributed_map_grants_of_the_state_machine_role() -> None:
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk import aws_logs as logs
+
+    from infra.pipeline import PipelineStateMachine
+    from infra.storage import DataBucket
+
+    stack = _stack()
+    data = DataBucket(stack, "Data", run_retention_days=1, access_log_retention_days=1)
+    machine = PipelineStateMachine(
+        stack, "Pipeline", definition_json=DISTRIBUTED_ASL,
+        substitutions={"DataBucket": data.bucket.bucket_name}, data=data, name_prefix="team-a",
+        functions=[lambda_.Function.from_function_arn(
+            stack, "F", "arn:aws:lambda:eu-west-1:123456789012:function:f")],
+        sagemaker_role=iam_role(stack), log_retention=logs.RetentionDays.ONE_DAY)
+    template = Template.from_stack(stack)
+    role = stack.resolve(machine.role.role_arn)["Fn::GetAtt"][0]
+    granted: dict[str, list[str]] = {}
+    for policy in template.find_resources("AWS::IAM::Policy").values():
+        if {"Ref": role} not in policy["Properties"]["Roles"]:
+            continue
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"]
+            resources = resources if isinstance(resources, list) else [resources]
+            for action in actions:
+                granted.setdefault(action, []).extend(_text(r) for r in resources)
+    machine_arn = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:team-a-pipeline"
+    executions = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:team-a-pipeline"
+    assert granted["states:StartExecution"] == [machine_arn]
+    for action in ("states:DescribeExecution", "states:StopExecution"):
+        assert sorted(granted[action]) == [f"{executions}/*", f"{executions}:*"]
+    assert granted["states:RedriveExecution"] == [f"{executions}/*"]
+    bucket = _text(stack.resolve(data.bucket.bucket_arn))
+    assert sorted(granted["s3:GetObject"]) == [f"{bucket}/publish-results/*",
+                                               f"{bucket}/runs/*/processed/shards/*"]
+    assert granted["s3:PutObject"] == [f"{bucket}/publish-results/*"]
+    assert "s3:DeleteObject" not in granted
+    assert any(a.startswith("kms:GenerateDataKey") for a in granted)  # the bucket is SSE-KMS
+
+
+def iam_role(stack: cdk.Stack) -> Any:
+    from aws_cdk import aws_iam as iam
+
+    return iam.Role(stack, "SageMakerRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"))
+
+
+def _text(resource: object) -> str:
+    """A resolved ARN as text: Fn::Join -> "arn:${AWS::Partition}:...", GetAtt -> "${Id.Arn}"."""
+    if isinstance(resource, str):
+        return resource
+    assert isinstance(resource, dict)
+    if "Fn::Join" in resource:
+        return "".join(_text(part) for part in resource["Fn::Join"][1])
+    if "Ref" in resource:
+        return "${" + resource["Ref"] + "}"
+    if "Fn::GetAtt" in resource:
+        logical, attribute = resource["Fn::GetAtt"]
+        return "${" + logical + "." + attribute + "}"
+    raise AssertionError(resource)

@@ -205,6 +205,31 @@ def _s3_grants(synth: Synth, handler: str) -> dict[str, set[str]]:
     return grants
 
 
+def _table_actions(synth: Synth, handler: str) -> set[str]:
+    table = synth.one("AWS::DynamoDB::Table")[0]
+    role = _functions(synth)[handler][1]["Role"]["Fn::GetAtt"][0]
+    return {a for s in _policies_of(synth, role) if table in json.dumps(s["Resource"])
+            for a in as_list(s["Action"]) if a.startswith("dynamodb:")}
+
+
+@pytest.mark.parametrize(("name", "writes"), [("PublishShard", {"runs/*/publish/*"}), ("Commit", set())])
+def test_publish_map_functions_have_exact_grants(synth: Synth, name: str, writes: set[str]) -> None:
+    # A Publish child reads the run's artifacts, writes its rows (and reads the pointer as it begins
+    # the version) and its report under runs/<id>/publish/; Commit reads the shard list and reports
+    # and writes the version and pointer items.
+    from workflows.definition import FUNCTIONS
+
+    if name not in FUNCTIONS:
+        pytest.skip(f"{name} is not in workflows.definition.FUNCTIONS yet")
+    grants = _s3_grants(synth, FUNCTIONS[name])
+    assert grants["s3:GetObject"] == {"runs/*"}
+    assert grants.get("s3:PutObject", set()) == writes
+    assert not any(a.startswith("s3:Delete") for a in grants)
+    actions = _table_actions(synth, FUNCTIONS[name])
+    assert {"dynamodb:GetItem", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem", "dynamodb:PutItem"} \
+        <= actions
+
+
 def test_repackage_may_delete_stale_shards_under_runs_only(synth: Synth) -> None:
     from workflows.definition import FUNCTIONS
 
@@ -230,7 +255,7 @@ def test_function_roles_are_scoped(synth: Synth) -> None:
             for resource in as_list(statement["Resource"]):
                 text = json.dumps(resource)
                 if bucket in text and "/" in text:  # object ARNs: a prefix, never the whole bucket
-                    assert any(f'"/{p}*"' in text for p in ("input/", "runs/")), (handler, text)
+                    assert any(f'"/{p}' in text for p in ("input/", "runs/")), (handler, text)
 
 
 # --- SageMaker execution role --------------------------------------------------------------------
@@ -351,10 +376,43 @@ def test_state_machine_policy_is_exactly_what_the_integrations_need(synth: Synth
     for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule"):
         assert granted.pop(action) == rules
     assert granted.pop("lambda:InvokeFunction") == {f"arn:{k}:Arn" for k, _ in _functions(synth).values()}
+    _pop_distributed_map_grants(synth, granted)
     # What CDK adds for logging level ALL and X-Ray: actions without resource-level permissions.
     for action, resources in granted.items():
         assert action.startswith(("logs:", "xray:")), action
         assert resources == {"*"}, action
+
+
+def _pop_distributed_map_grants(synth: Synth, granted: dict[str, set[str]]) -> None:
+    """The Distributed Map's grants (AWS's documented ones), present exactly when the ASL has one."""
+    from infra.distributed_map import DistributedMaps
+
+    maps = DistributedMaps.of(_state_machine(synth)[1]["DefinitionString"])
+    actions = {"states:StartExecution", "states:DescribeExecution", "states:StopExecution",
+               "states:RedriveExecution"}
+    if not maps.states:
+        assert not actions & set(granted) and "s3:GetObject" not in granted
+        return
+    machine = f"{CONTEXT['recpipe:namePrefix']}-pipeline"
+    states = "arn:aws:states:eu-west-1:123456789012"
+    assert granted.pop("states:StartExecution") == {f"{states}:stateMachine:{machine}"}
+    for action in ("states:DescribeExecution", "states:StopExecution"):
+        assert granted.pop(action) == {f"{states}:execution:{machine}:*", f"{states}:execution:{machine}/*"}
+    assert granted.pop("states:RedriveExecution") == {f"{states}:execution:{machine}/*"}
+    bucket = f"arn:{_data_bucket(synth)}:Arn/"
+    results = {f"{bucket}{p}*" for p in maps.result_prefixes}
+    assert granted.pop("s3:GetObject") == {f"{bucket}{p}*" for p in maps.item_sources} | results
+    for action in ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"):
+        assert granted.pop(action) == results
+    assert granted.pop("s3:ListBucket") == {f"arn:{_data_bucket(synth)}:Arn"}
+    key = {f"arn:{k}:Arn" for k in synth.of_type("AWS::KMS::Key")}
+    for action in [a for a in granted if a.startswith("kms:")]:
+        assert granted.pop(action) <= key, action
+    # What the ResultWriter writes outside runs/ expires with the runs.
+    rules = synth.resources[_data_bucket(synth)]["Properties"]["LifecycleConfiguration"]["Rules"]
+    for prefix in maps.result_prefixes:
+        assert any(r.get("Prefix") == prefix and r["ExpirationInDays"] == CONTEXT["recpipe:runRetentionDays"]
+                   for r in rules), prefix
 
 
 def test_pass_role_is_scoped_to_sagemaker(synth: Synth) -> None:
