@@ -104,7 +104,7 @@ def test_model_files(tmp_path: Path, data: tuple[np.ndarray, ...]) -> None:
     names = sorted(p.name for p in model.iterdir())
     assert names == ["model_algo-1", "model_algo-1.json", "model_algo-1.labels"]
     index = faiss.read_index(str(model / "model_algo-1"))
-    assert isinstance(index, faiss.IndexFlatIP) or index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert isinstance(index, faiss.IndexFlatIP) and index.metric_type == faiss.METRIC_INNER_PRODUCT
     assert index.ntotal == 300
     np.testing.assert_array_equal(index.reconstruct_n(0, 300), x)
     np.testing.assert_array_equal(np.fromfile(model / "model_algo-1.labels", dtype="<f4"), labels)
