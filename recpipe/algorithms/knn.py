@@ -57,7 +57,7 @@ import numpy.typing as npt
 
 from recpipe.algorithms.container import NJobs, OnEpoch, read_hyperparameters, training_job
 from recpipe.algorithms.exceptions import ClientError, DataError, HyperparameterError
-from recpipe.formats.media_types import RECORDIO_PROTOBUF
+from recpipe.formats.media_types import RECORDIO_PROTOBUF as RECORDIO
 
 __all__ = [
     "INDEX_METRICS",
@@ -546,15 +546,13 @@ def run_transform(
     from recpipe.formats.recordio import read_dense
 
     media, _ = _parse_media_type(content_type or "", "content type")
-    if media != RECORDIO_PROTOBUF:
+    if media != RECORDIO:
         raise ClientError(
             f"The content type '{content_type}' is not supported by the local k-NN stand-in; "
-            f"send '{RECORDIO_PROTOBUF}'."
+            f"send '{RECORDIO}'."
         )
     if split_type not in ("RecordIO", "None"):
-        raise ClientError(
-            f"The split type '{split_type}' does not fit {RECORDIO_PROTOBUF} input; use RecordIO."
-        )
+        raise ClientError(f"The split type '{split_type}' does not fit {RECORDIO} input; use RecordIO.")
     writer, verbose = _output_writer(accept)
     model = KnnModel.load(Path(model_dir))
     hp = model.hyperparameters
@@ -567,9 +565,7 @@ def run_transform(
         try:
             queries, _ = read_dense(path)
         except Exception as err:
-            raise ClientError(
-                f"Unable to read the input file {path.name} as {RECORDIO_PROTOBUF}: {err}"
-            ) from err
+            raise ClientError(f"Unable to read the input file {path.name} as {RECORDIO}: {err}") from err
         queries = np.asarray(queries, dtype=np.float32)
         if queries.shape[0] and queries.shape[1] != hp.feature_dim:
             raise ClientError(

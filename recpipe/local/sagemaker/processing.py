@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recpipe.local.sagemaker.jobs import JobError, JobHost, as_reason, now_ms, read_first, require, truncate
-
-OPT_ML_ENV = "RECPIPE_OPT_ML"
+from workflows.processing.paths import OPT_ML_ENV
 
 
 class ProcessingJobs(JobHost):
