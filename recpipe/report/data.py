@@ -31,6 +31,12 @@ ACTIVITY_EDGES = (1, 6, 11, 21, 51, 101, 201, 501)
 SCORE_BINS = 40
 
 
+def report_uri(metrics_output: str) -> str:
+    """Where Evaluate writes the report document: ``.../runs/<id>/report/evaluation.json`` beside the
+    run's ``metrics.json`` (``metrics_output``)."""
+    return f"{metrics_output.rsplit('/', 1)[0]}/{REPORT_KEY}"
+
+
 def bucket_labels(edges: tuple[int, ...] = ACTIVITY_EDGES) -> list[str]:
     """``["1-5", "6-10", ..., "501+"]``."""
     labels = [f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo) for lo, hi in itertools.pairwise(edges)]

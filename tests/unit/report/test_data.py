@@ -67,3 +67,7 @@ def test_evaluation_report_counts_items_and_scores() -> None:
 def test_histogram_of_equal_scores_and_of_nothing() -> None:
     assert data.score_histogram(np.array([2.0, 2.0]))["counts"][0] == 2
     assert data.score_histogram(np.array([np.nan])) == {"edges": [], "counts": [], "unscored": 1}
+
+
+def test_the_report_lives_beside_the_runs_metrics() -> None:
+    assert data.report_uri("s3://b/runs/r1/metrics.json") == "s3://b/runs/r1/report/evaluation.json"
