@@ -21,6 +21,7 @@ from infra.settings import CONTEXT_KEYS, settings_from_context
 from infra.stack import RecpipeStack, WorkflowArtifacts
 
 ROOT = Path(__file__).resolve().parent
+# The default stack name (recpipe:stackName); the CLI's --aws reads this stack unless --stack names another.
 STACK_NAME = "Recpipe"
 
 
@@ -42,7 +43,7 @@ def build_app(*, context: Mapping[str, Any] | None = None, outdir: str | None = 
         cache_dir = Path(os.environ.get("RECPIPE_CDK_CACHE", ROOT / ".cache" / "cdk"))
     account, region = os.environ.get("CDK_DEPLOY_ACCOUNT"), os.environ.get("CDK_DEPLOY_REGION")
     stack = RecpipeStack(
-        app, STACK_NAME,
+        app, settings.stack_name,
         settings=settings,
         workflow=workflow,
         cache_dir=cache_dir,

@@ -19,6 +19,7 @@ The data bucket's key is granted with the objects (the bucket is SSE-KMS).
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,10 @@ from constructs import Construct
 from infra.exceptions import WiringError
 from infra.nag import acknowledge, resource_finding
 from infra.storage import RUNS_PREFIX, DataBucket
+from recpipe.results import shards
 
 # Where an ItemReader key taken from the state input resolves: runs/<id>/processed/shards/serve.json.
-SHARD_LISTS = f"{RUNS_PREFIX}*/processed/shards/"
+SHARD_LISTS = f"{RUNS_PREFIX}*/processed/{posixpath.dirname(shards.SERVE_SHARDS)}/"
 DATA_BUCKET = "${DataBucket}"
 
 

@@ -31,12 +31,13 @@ from infra.nag import acknowledge, resource_finding
 from infra.settings import NEW_ACCOUNT_MAX_MEMORY_MB
 from infra.storage import INPUT_PREFIX, RUNS_PREFIX, DataBucket
 from recpipe import runs, tables
+from recpipe.results import shards
 
 # The environment variable through which Prepare receives the deploy-time config defaults
 # (lambdas.prepare.prepare.DEFAULTS_ENV; tests/infra checks they agree).
 DEFAULTS_ENV = "RECPIPE_DEFAULTS"
 # Publish children write their reports here (runs/<run_id>/publish/<kind>-<shard>.json).
-PUBLISH_REPORTS = "runs/*/publish/"
+PUBLISH_REPORTS = f"{RUNS_PREFIX}*/{shards.REPORTS_DIR}/"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,8 @@ recpipe:scheduleEnabled=false``) arrive as strings and are parsed like their JSO
 
 Context keys (defaults in ``CONTEXT_DEFAULTS``, mirrored in ``cdk.json``):
 
+- ``recpipe:stackName`` (``"Recpipe"``): the CloudFormation stack's name (a second stack in the same
+  account and region needs another one, and another ``recpipe:namePrefix``).
 - ``recpipe:namePrefix`` (``"recpipe"``): prefix of the state machine (``<prefix>-pipeline``), the
   functions, log groups and every SageMaker job and model a run creates (``<prefix>-<run id>-...``;
   the IAM policies are scoped on ``<prefix>-*``, so two stacks in one account need prefixes of
@@ -49,6 +51,7 @@ from recpipe import config as cfg
 PREFIX = "recpipe:"
 
 CONTEXT_DEFAULTS: dict[str, Any] = {
+    "recpipe:stackName": "Recpipe",
     "recpipe:namePrefix": "recpipe",
     "recpipe:existingTableName": "",
     "recpipe:functionMemoryMb": {},
@@ -69,6 +72,7 @@ CONTEXT_KEYS: tuple[str, ...] = tuple(CONTEXT_DEFAULTS)
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
                       2557, 2922, 3288, 3653)
 _NAME_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+_STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 _TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 # Lambda's memory range; above NEW_ACCOUNT_MAX_MEMORY_MB only once the account's quota allows it.
 MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
@@ -87,6 +91,7 @@ class ScheduleSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RecpipeSettings:
+    stack_name: str = "Recpipe"
     name_prefix: str = "recpipe"
     existing_table_name: str | None = None
     function_memory_mb: Mapping[str, int] = field(default_factory=dict)
@@ -115,6 +120,11 @@ def settings_from_context(values: Mapping[str, Any], *,
         value = values.get(key)
         return CONTEXT_DEFAULTS[key] if value is None else value
 
+    stack_name = _string("recpipe:stackName", get("recpipe:stackName"))
+    if not _STACK_NAME.match(stack_name):
+        raise SettingsError(f"The context key 'recpipe:stackName' must be a CloudFormation stack name "
+                            f"(1-128 characters of A-Z, a-z, 0-9 and '-', starting with a letter); "
+                            f"got {stack_name!r}.")
     name_prefix = _string("recpipe:namePrefix", get("recpipe:namePrefix"))
     if not _NAME_PREFIX.match(name_prefix):
         raise SettingsError(f"The context key 'recpipe:namePrefix' must be 2-32 characters of a-z, 0-9 and "
@@ -141,6 +151,7 @@ def settings_from_context(values: Mapping[str, Any], *,
         raise SettingsError(f"The context key 'recpipe:logRetentionDays' must be one of "
                             f"{', '.join(map(str, LOG_RETENTION_DAYS))}; got {log_retention}.")
     return RecpipeSettings(
+        stack_name=stack_name,
         name_prefix=name_prefix,
         existing_table_name=table or None,
         function_memory_mb=_memory_map(get("recpipe:functionMemoryMb"), functions),

@@ -39,6 +39,19 @@ def test_cdk_json_ships_no_copy_of_the_pipeline_defaults() -> None:
     assert context["recpipe:functionMemoryMb"] == {}
 
 
+def test_a_second_stack_is_named_by_its_settings(tmp_path: Path) -> None:
+    from app import STACK_NAME, build_app, cdk_json_context
+    from infra.stack import WorkflowArtifacts
+
+    assert CONTEXT_DEFAULTS["recpipe:stackName"] == STACK_NAME
+    context = cdk_json_context() | {"recpipe:stackName": "Recpipe-staging",
+                                    "recpipe:namePrefix": "recpipe-staging",
+                                    "recpipe:bundleDependencies": False}
+    _, stack = build_app(context=context, workflow=WorkflowArtifacts.load(), cache_dir=tmp_path)
+    assert stack.stack_name == "Recpipe-staging"
+    assert stack.settings.name_prefix == "recpipe-staging"
+
+
 def test_function_memory_and_existing_table() -> None:
     settings = settings_from_context({
         "recpipe:functionMemoryMb": '{"Repackage": 6144, "Plan": "512"}',
@@ -98,6 +111,7 @@ def test_command_line_strings_are_parsed() -> None:
     ("recpipe:logRetentionDays", 10, r"'recpipe:logRetentionDays' must be one of 1, 3, 5"),
     ("recpipe:runRetentionDays", 0, r"'recpipe:runRetentionDays' must be >= 1; got 0"),
     ("recpipe:namePrefix", "Recpipe_Prod", r"'recpipe:namePrefix' must be 2-32 characters"),
+    ("recpipe:stackName", "Recpipe staging", r"'recpipe:stackName' must be a CloudFormation stack name"),
     ("recpipe:existingTableName", "my table", r"'recpipe:existingTableName' must be empty or a DynamoDB"),
     ("recpipe:scheduleExpresion", "cron(0 3 * * ? *)", r"Unknown context key\(s\) recpipe:scheduleExpresion"),
 ])
