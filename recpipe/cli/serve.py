@@ -1,4 +1,5 @@
-"""``recpipe serve``: the read API's Lambda handler over HTTP, against the local results table."""
+"""``recpipe serve``: the read API (the API Lambda's resolver, :mod:`recpipe.serving.api`) over HTTP,
+against the local results table."""
 
 from __future__ import annotations
 
@@ -20,22 +21,21 @@ def serve(
                                                "deployed function's RECPIPE_POINTER_TTL_SECONDS).")] = 10.0,
     workdir: Path = WORKDIR, dynamodb_endpoint: str | None = DYNAMODB, table: str | None = TABLE,
 ) -> None:
-    """Serve the read API locally: the deployed API Lambda's handler behind an HTTP adapter.
+    """Serve the read API locally: the deployed API Lambda's routes behind an HTTP adapter.
 
     GET /recommendations/USER_ID?n=10[&recent=ITEM,ITEM] and GET /similar/ITEM_ID?n=10 answer
-    exactly as the deployed API does (same handler, same table layout), from the local table
+    exactly as the deployed API does (same routes, same table layout), from the local table
     (dynalite on WORKDIR, or --dynamodb-endpoint). Stop with Ctrl-C.
     """
-    from lambdas.api.handler import lambda_handler
     from recpipe.cli.target import open_table
-    from recpipe.serving import Reader
+    from recpipe.serving import Reader, api
     from recpipe.serving.http import LocalApiServer
 
     with open_table(workdir, dynamodb_endpoint, table) as target:
         reader = Reader(target.ddb, target.table, pointer_ttl_s=pointer_ttl)
 
         def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
-            return lambda_handler(event, context, reader=reader)
+            return api.resolve(event, context, reader)
 
         try:
             server = LocalApiServer((host, port), handle, log=lambda line: console.print(escape(line)))
