@@ -72,27 +72,32 @@ def data_uri(bucket: str, prefix: str) -> str:
     return runs.prefix_uri(f"s3://{bucket}", prefix) if prefix.strip("/") else f"s3://{bucket}/"
 
 
-def _channel(name: str, uri: str) -> dict[str, Any]:
+def _channel(name: str, uri: str, distribution: str = "FullyReplicated") -> dict[str, Any]:
     """One ``InputDataConfig`` entry of CreateTrainingJob: every object under the prefix."""
     return {
         "ChannelName": name,
         "ContentType": RECORDIO_PROTOBUF,
         "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
-                                        "S3DataDistributionType": "FullyReplicated"}},
+                                        "S3DataDistributionType": distribution}},
     }
 
 
 def variant_document(run_id: str, run: str, processed: str, name: str, *,
-                     job_prefix: str = runs.DEFAULT_JOB_PREFIX) -> dict[str, Any]:
+                     job_prefix: str = runs.DEFAULT_JOB_PREFIX, fm_instances: int = 1) -> dict[str, Any]:
     """Where one model variant reads and writes, and its SageMaker names.
 
     ``eval`` trains on ``train/`` with the holdout as ``test`` channel; ``serve`` trains on ``full/``.
+    With several FM instances (``resources.fm_instance_count``) the train channel is
+    ``ShardedByS3Key``: each instance reads its own share of the part files (the processing step
+    writes several per instance) instead of every instance passing over all the data; the small
+    ``test`` channel stays replicated.
     """
+    train = "ShardedByS3Key" if fm_instances > 1 else "FullyReplicated"
     if name == EVAL:
-        channels = [_channel("train", runs.prefix_uri(processed, "train")),
+        channels = [_channel("train", runs.prefix_uri(processed, "train"), train),
                     _channel("test", runs.prefix_uri(processed, "test"))]
     else:
-        channels = [_channel("train", runs.prefix_uri(processed, "full"))]
+        channels = [_channel("train", runs.prefix_uri(processed, "full"), train)]
     return {
         "name": name,
         "fm_channels": channels,
@@ -112,7 +117,9 @@ def run_document(run_id: str, execution_name: str, bucket: str, flat: Mapping[st
     processed = runs.prefix_uri(run, "processed")
     has_eval = float(flat["evaluation.holdout_fraction"]) > 0
     names = [EVAL, SERVE] if has_eval else [SERVE]
-    variants = [variant_document(run_id, run, processed, n, job_prefix=job_prefix) for n in names]
+    fm_instances = int(flat["resources.fm_instance_count"])
+    variants = [variant_document(run_id, run, processed, n, job_prefix=job_prefix, fm_instances=fm_instances)
+                for n in names]
     by_name = {v["name"]: v for v in variants}
     return {
         "run_id": run_id,
@@ -132,6 +139,7 @@ def run_document(run_id: str, execution_name: str, bucket: str, flat: Mapping[st
         },
         "jobs": {"processing": runs.job_name(run_id, "process", prefix=job_prefix)},
         "variants": variants,
+        "vectors": {EVAL: by_name[EVAL]["vectors"] if has_eval else None, SERVE: by_name[SERVE]["vectors"]},
         "transform_outputs": {EVAL: by_name[EVAL]["transform_output"] if has_eval else None,
                               SERVE: by_name[SERVE]["transform_output"]},
     }

@@ -72,6 +72,19 @@ def test_default_run_has_eval_and_serve_variants(aws: tuple[Any, Any]) -> None:
     assert doc["transform_outputs"] == {"eval": ev["transform_output"], "serve": serve["transform_output"]}
 
 
+def distribution(channel: dict[str, Any]) -> str:
+    return str(channel["DataSource"]["S3DataSource"]["S3DataDistributionType"])
+
+
+@pytest.mark.parametrize(("count", "train"), [(1, "FullyReplicated"), (2, "ShardedByS3Key"),
+                                              (20, "ShardedByS3Key")])
+def test_several_fm_instances_shard_the_train_channel(aws: tuple[Any, Any], count: int, train: str) -> None:
+    doc = run(aws, {"resources.fm_instance_count": count}, name=f"n{count}")
+    ev, serve = doc["variants"]
+    assert [distribution(c) for c in ev["fm_channels"]] == [train, "FullyReplicated"]  # test: replicated
+    assert [distribution(c) for c in serve["fm_channels"]] == [train]
+
+
 def test_no_holdout_means_serve_only(aws: tuple[Any, Any]) -> None:
     doc = run(aws, {"evaluation": {"holdout_fraction": 0}})
     assert doc["has_evaluation"] is False
