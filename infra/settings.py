@@ -47,12 +47,14 @@ from typing import Any
 
 from infra.exceptions import SettingsError
 from recpipe import config as cfg
+from recpipe.remote.aws import DEFAULT_STACK
+from recpipe.runs import DEFAULT_JOB_PREFIX
 
 PREFIX = "recpipe:"
 
 CONTEXT_DEFAULTS: dict[str, Any] = {
-    "recpipe:stackName": "Recpipe",
-    "recpipe:namePrefix": "recpipe",
+    "recpipe:stackName": DEFAULT_STACK,
+    "recpipe:namePrefix": DEFAULT_JOB_PREFIX,
     "recpipe:existingTableName": "",
     "recpipe:functionMemoryMb": {},
     "recpipe:scheduleEnabled": True,
@@ -91,8 +93,8 @@ class ScheduleSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RecpipeSettings:
-    stack_name: str = "Recpipe"
-    name_prefix: str = "recpipe"
+    stack_name: str = DEFAULT_STACK
+    name_prefix: str = DEFAULT_JOB_PREFIX
     existing_table_name: str | None = None
     function_memory_mb: Mapping[str, int] = field(default_factory=dict)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)

@@ -28,6 +28,7 @@ from infra.sagemaker_role import SageMakerExecutionRole
 from infra.schedule import RetrainingSchedule
 from infra.settings import LOG_RETENTION_DAYS, RecpipeSettings
 from infra.storage import DataBucket, ResultsTable
+from recpipe.remote.aws import BUCKET_OUTPUT, STATE_MACHINE_OUTPUT, TABLE_OUTPUT
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,14 +152,14 @@ class RecpipeStack(Stack):
                                         release_function=self.functions.functions["Release"])
         self.alerts.notify(self.lock_cleanup.alarm)
 
-        CfnOutput(self, "BucketName", value=self.data.bucket.bucket_name,
+        CfnOutput(self, BUCKET_OUTPUT, value=self.data.bucket.bucket_name,
                   description="Data bucket: upload interactions under input/interactions/")
-        CfnOutput(self, "TableName", value=self.results.table.table_name,
+        CfnOutput(self, TABLE_OUTPUT, value=self.results.table.table_name,
                   description="Results table (recpipe recommend USER_ID --aws)")
         CfnOutput(self, "ApiUrl", value=self.api.url,
                   description="Read API (IAM auth, SigV4): GET <url>recommendations/USER_ID?n=10, "
                               "GET <url>similar/ITEM_ID")
-        CfnOutput(self, "StateMachineArn", value=self.pipeline.state_machine.state_machine_arn,
+        CfnOutput(self, STATE_MACHINE_OUTPUT, value=self.pipeline.state_machine.state_machine_arn,
                   description="Pipeline state machine (recpipe run --aws --state-machine-arn ...)")
         CfnOutput(self, "AlertsTopicArn", value=self.alerts.topic.topic_arn,
                   description="SNS topic notified when a pipeline execution fails")

@@ -45,10 +45,10 @@ def report(
                                            want_state_machine=True)
             outputs = remote.stack_outputs(remote.boto3_client("cloudformation", target.region),
                                            target.stack or stack or remote.DEFAULT_STACK)
-            bucket = outputs.get("BucketName")
+            bucket = outputs.get(remote.BUCKET_OUTPUT)
             if not bucket:
-                raise fail("The stack has no BucketName output: is it a recpipe stack?")
-            machine = target.state_machine_arn or outputs.get("StateMachineArn")
+                raise fail(f"The stack has no {remote.BUCKET_OUTPUT} output: is it a recpipe stack?")
+            machine = target.state_machine_arn or outputs.get(remote.STATE_MACHINE_OUTPUT)
             with remote.aws_errors("reading the run's report inputs"):
                 inputs = aws_inputs(run_id, bucket=bucket, region=target.region, state_machine_arn=machine,
                                     client=remote.boto3_client)

@@ -21,9 +21,11 @@ from typing import Any
 
 from recpipe.remote.exceptions import AwsAccessError, ExecutionNotFoundError, StackOutputsError
 
+# The stack's default name and the outputs the CLI reads: infra (settings.py, stack.py) uses these.
 DEFAULT_STACK = "Recpipe"
 TABLE_OUTPUT = "TableName"
 STATE_MACHINE_OUTPUT = "StateMachineArn"
+BUCKET_OUTPUT = "BucketName"
 # Executions looked at when a run id is not an execution name (newest first).
 MAX_LISTED_EXECUTIONS = 2000
 

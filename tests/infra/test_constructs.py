@@ -42,14 +42,6 @@ def test_substitutions_are_exactly_the_placeholders_used() -> None:
         select_substitutions(["A", "Missing"], available)
 
 
-def test_the_default_name_prefix_is_the_local_job_prefix() -> None:
-    # A stack deployed with the default recpipe:namePrefix names its jobs as a local run does.
-    from infra.settings import CONTEXT_DEFAULTS
-    from recpipe.runs import DEFAULT_JOB_PREFIX
-
-    assert CONTEXT_DEFAULTS["recpipe:namePrefix"] == DEFAULT_JOB_PREFIX
-
-
 def _stack() -> cdk.Stack:
     """A bare stack under cdk.json's feature flags (the constructs rely on some of them)."""
     from app import cdk_json_context
