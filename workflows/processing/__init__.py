@@ -9,7 +9,8 @@ tree under ``code/processing/`` and run as ``python3 <code>/workflows/processing
 Modules, one job each: ``read`` (config, files, columns: read and validate), ``prepare`` (id maps,
 de-duplication, filters), ``split`` (holdout, seen items), ``features`` (side features, column
 layout), ``context`` (sequence context, volume budget), ``negatives`` (sampling, rounds),
-``write`` (recordio part files, meta files), ``manifest``; ``step`` chains them.
+``write`` (recordio part files, meta files), ``shards`` (per-shard files for the workers),
+``manifest``; ``step`` chains them.
 
 Which image: the step needs Python >= 3.10 and pandas >= 2.0 (``format="ISO8601"``), i.e. the
 scikit-learn framework image ``1.4-2`` or later.
@@ -47,7 +48,11 @@ Semantics (docs/CONTRACTS.md has the output layout):
   ``test`` holds the held-out positives and their negatives, labelled like ``train``; a train or
   test set without any positive is bad input (the test channel is wired whenever f > 0).
   Explicit mode: rows are all interactions, label = rating; no negatives.
-* Part files are ``<set>/part-00000.pbr``, ... each at most ``write.MAX_SHARD_BYTES`` (whole records).
+* Part files are ``<set>/part-00000.pbr``, ... each at most ``write.MAX_SHARD_BYTES`` (whole records);
+  ``train/`` and ``full/`` hold at least 4 per FM instance (``resources.fm_instance_count``).
+* Shards (``shards``): ``shards/serve.json`` and ``shards/eval.json`` list ranges of at most
+  ``processing.users_per_shard`` users, each with the files its worker needs; evaluation scores a
+  seeded sample of ``evaluation.sample_users`` users with a relevant held-out item.
 * Rows of every set are shuffled (seeded): SGD mini-batches must not be one user each.
   Everything random derives from ``processing.seed``: same input + config = same bytes.
 * Side features: every selected column of a user/item table is categorical, numbers included: an

@@ -97,6 +97,12 @@ def _negative_anchors(pos_users: np.ndarray, pos_anchors: np.ndarray, neg_users:
     return order, pos_anchors[pos_start[by_user] + k % n_pos[by_user]]
 
 
+def negatives_per_round(exclude: sp.csr_matrix, wanted: np.ndarray) -> int:
+    """How many negatives :func:`sample_negatives` returns for ``wanted`` (users run out of unseen items)."""
+    n_items = exclude.shape[1]
+    return int(np.minimum(np.asarray(wanted, dtype=np.int64), n_items - np.diff(exclude.indptr)).sum())
+
+
 def implicit_rounds(pos_users: np.ndarray, pos_items: np.ndarray, pos_anchors: np.ndarray | None,
                      exclude: sp.csr_matrix, per_positive: int, n_rounds: int, rng: np.random.Generator,
                      counts: dict[str, int], name: str, popularity_cdf: np.ndarray | None = None,

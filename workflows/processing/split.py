@@ -31,3 +31,20 @@ def seen_matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int
         shape=(n_users, n_items))
     matrix.sort_indices()
     return matrix
+
+
+# Random streams of processing.seed: 0-5 are the negatives and shuffles of train/test/full (step).
+EVAL_SAMPLE_STREAM = 6
+
+
+def eval_sample(users: np.ndarray, holdout: np.ndarray, positive: np.ndarray, size: int,
+                seed: int) -> np.ndarray:
+    """The users evaluation scores: a seeded random sample of ``min(size, eligible)`` users among
+    those with at least one relevant (positive) held-out interaction, sorted by user index."""
+    eligible = users[holdout & positive]
+    if eligible.size:  # users are sorted: keep the first of each run
+        eligible = eligible[np.concatenate([[True], eligible[1:] != eligible[:-1]])]
+    if size >= eligible.size:
+        return eligible.astype(np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(EVAL_SAMPLE_STREAM + 1)[-1])
+    return np.sort(rng.choice(eligible, size=size, replace=False)).astype(np.int64)

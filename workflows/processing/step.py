@@ -17,15 +17,18 @@ from workflows.processing.context import SequenceContext, Volume, fit_budget
 from workflows.processing.exceptions import BadInputError
 from workflows.processing.features import Columns, Features, entity_rows, read_features
 from workflows.processing.manifest import MANIFEST_SCHEMA_VERSION, write_manifest
-from workflows.processing.negatives import implicit_rounds
+from workflows.processing.negatives import implicit_rounds, negatives_per_round
 from workflows.processing.paths import Paths, log, opt_ml_root
 from workflows.processing.prepare import Prepared, prepare
 from workflows.processing.read import load_config, read_interactions
-from workflows.processing.split import seen_matrix
+from workflows.processing.shards import write_shards
+from workflows.processing.split import eval_sample, seen_matrix
 from workflows.processing.write import Round, clear_output, write_meta, write_set
 
 _MAX_MESSAGE_BYTES = 1000  # DescribeProcessingJob shows the first 1 KB
 SETS = ("train", "test", "full")
+# ShardedByS3Key hands each FM instance whole files: several per instance keep the split even.
+MIN_PARTS_PER_INSTANCE = 4
 
 
 @dataclass
@@ -66,11 +69,15 @@ def run(opt_ml: Path) -> dict[str, Any]:
     rows = _feature_rows(prep, conf, columns, user_feats, item_feats, budget.context_items)
 
     clear_output(paths.output)
-    counts = _write_sets(paths.output, prep, conf, positive, rows, {"train": seen_train, "full": seen_all},
-                         budget.negative_rounds)
+    counts, parts = _write_sets(paths.output, prep, conf, positive, rows,
+                                {"train": seen_train, "full": seen_all}, budget.negative_rounds)
     files = write_meta(paths.output / "meta", prep, positive, rows.scoring, rows.items, seen_train, seen_all,
                        {"user_features": user_feats.values, "item_features": item_feats.values},
                        has_holdout=has_holdout, with_context=bool(budget.context_items))
+    sample = eval_sample(prep.users, prep.holdout, positive, int(conf["evaluation.sample_users"]),
+                         int(conf["processing.seed"])) if has_holdout else None
+    shards = write_shards(paths.output, prep, positive, rows.scoring, seen_all, seen_train,
+                          int(conf["processing.users_per_shard"]), sample)
     manifest: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "counts": {
@@ -85,6 +92,7 @@ def run(opt_ml: Path) -> dict[str, Any]:
             "train_positives": counts["train_positives"], "train_negatives": counts["train_negatives"],
             "test_positives": counts.get("test_positives", 0),
             "test_negatives": counts.get("test_negatives", 0),
+            "eval_users": 0 if sample is None else len(sample),
         },
         "feature_dim": columns.dim,
         "layout": columns.layout,
@@ -94,6 +102,8 @@ def run(opt_ml: Path) -> dict[str, Any]:
         "config": conf,
         "inputs": inputs + user_feats.inputs + item_feats.inputs,
         "files": {"train": "train/", "test": "test/" if has_holdout else None, "full": "full/", **files},
+        "parts": parts,
+        "shards": shards,
     }
     write_manifest(paths.output, manifest)
     log(f"done: feature_dim {columns.dim:,}, train {counts['train_rows']:,} / test "
@@ -138,8 +148,12 @@ def _feature_rows(prep: Prepared, conf: dict[str, Any], columns: Columns, user_f
 
 
 def _write_sets(output: Path, prep: Prepared, conf: dict[str, Any], positive: np.ndarray, rows: Rows,
-                seen: dict[str, sp.csr_matrix], n_rounds_train: int) -> dict[str, int]:
-    """train/, test/ (with a holdout) and full/; returns the row, positive and negative counts."""
+                seen: dict[str, sp.csr_matrix],
+                n_rounds_train: int) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """train/, test/ (with a holdout) and full/; returns the row, positive and negative counts and
+    each set's part files. The FM channels (train/, full/) get at least MIN_PARTS_PER_INSTANCE part
+    files per FM instance, so that ShardedByS3Key gives every instance several."""
+    min_parts = MIN_PARTS_PER_INSTANCE * int(conf["resources.fm_instance_count"])
     seeds = np.random.SeedSequence(int(conf["processing.seed"])).spawn(6)
     rng_neg = {name: np.random.default_rng(seeds[k]) for k, name in enumerate(SETS)}
     rng_shuffle = {name: np.random.default_rng(seeds[3 + k]) for k, name in enumerate(SETS)}
@@ -147,6 +161,7 @@ def _write_sets(output: Path, prep: Prepared, conf: dict[str, Any], positive: np
     if prep.holdout.any():
         masks["test"] = prep.holdout
     counts: dict[str, int] = {}
+    parts: dict[str, list[str]] = {}
     for name in SETS:
         if name not in masks:
             continue
@@ -155,27 +170,30 @@ def _write_sets(output: Path, prep: Prepared, conf: dict[str, Any], positive: np
         # has no context of its own.
         base = rows.scoring["train"] if name == "test" else rows.users
         context = rows.contexts.get(name)
-        rounds = _set_rounds(name, mask, prep, conf, positive, context is not None,
-                             seen["train" if name == "train" else "full"],
-                             1 if name == "test" else n_rounds_train, rng_neg[name], counts)
-        counts[f"{name}_rows"] = write_set(output / name, base, rows.items, rounds, rng_shuffle[name],
-                                           context)
+        rounds, total = _set_rounds(name, mask, prep, conf, positive, context is not None,
+                                    seen["train" if name == "train" else "full"],
+                                    1 if name == "test" else n_rounds_train, rng_neg[name], counts)
+        counts[f"{name}_rows"], names = write_set(
+            output / name, base, rows.items, rounds, rng_shuffle[name], context,
+            rows_per_part=0 if name == "test" else -(-total // min_parts))
+        parts[name] = [f"{name}/{part}" for part in names]
         log(f"wrote {name}/: {counts[f'{name}_rows']:,} rows")
         del rounds
-    return counts
+    return counts, parts
 
 
 def _set_rounds(name: str, mask: np.ndarray, prep: Prepared, conf: dict[str, Any], positive: np.ndarray,
                 with_context: bool, exclude: sp.csr_matrix, n_rounds: int, rng: np.random.Generator,
-                counts: dict[str, int]) -> Iterable[Round]:
-    """The rows of one set: implicit mode, its positives with sampled negatives (``exclude`` = the
-    seen items they are drawn outside of); explicit mode, every interaction labelled with its rating."""
+                counts: dict[str, int]) -> tuple[Iterable[Round], int]:
+    """The rows of one set and their number: implicit mode, its positives with sampled negatives
+    (``exclude`` = the seen items they are drawn outside of); explicit mode, every interaction
+    labelled with its rating."""
     position = np.cumsum(mask) - 1  # index of each of the set's interactions in its sequence
     if conf["processing.mode"] == "explicit":
         assert prep.ratings is not None
         counts[f"{name}_positives"], counts[f"{name}_negatives"] = int((mask & positive).sum()), 0
         return [Round(prep.users[mask], prep.items[mask], prep.ratings[mask].astype(np.float32),
-                      position[mask] if with_context else None)]
+                      position[mask] if with_context else None)], int(mask.sum())
     picked = np.flatnonzero(mask & positive)
     # An empty test set would leave the eval variant's test channel (set up by Prepare whenever the
     # holdout fraction is > 0) without files, and nothing to evaluate.
@@ -190,9 +208,11 @@ def _set_rounds(name: str, mask: np.ndarray, prep: Prepared, conf: dict[str, Any
     if share > 0:
         popularity = np.bincount(prep.items[mask], minlength=prep.n_items).astype(np.float64)
         cdf = np.cumsum(popularity) / popularity.sum()
+    per_positive = int(conf["processing.negatives_per_positive"])
+    wanted = per_positive * np.bincount(prep.users[picked], minlength=prep.n_users)
+    total = n_rounds * (picked.size + negatives_per_round(exclude, wanted))
     return implicit_rounds(prep.users[picked], prep.items[picked], position[picked] if with_context else None,
-                           exclude, int(conf["processing.negatives_per_positive"]), n_rounds, rng, counts,
-                           name, cdf, share)
+                           exclude, per_positive, n_rounds, rng, counts, name, cdf, share), total
 
 
 def write_failure(paths: Paths, message: str) -> None:

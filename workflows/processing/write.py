@@ -57,12 +57,14 @@ class Round:
 
 def write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matrix,
                rounds: Iterable[Round], rng: np.random.Generator,
-               context: SequenceContext | None = None) -> int:
-    """Write the rounds one after the other, each shuffled, as recordio-protobuf shards
-    ``part-00000.pbr``, ... of at most MAX_SHARD_BYTES each (whole records; chunks are encoded in
-    memory, then appended or rotated). Only one round is in memory at a time."""
+               context: SequenceContext | None = None, rows_per_part: int = 0) -> tuple[int, list[str]]:
+    """Write the rounds one after the other, each shuffled, as recordio-protobuf part files
+    ``part-00000.pbr``, ... of at most MAX_SHARD_BYTES each and (``rows_per_part`` > 0) at most that
+    many rows (whole records; chunks are encoded in memory, then appended or rotated). Only one round
+    is in memory at a time. Returns the rows written and the part file names, in order."""
     directory.mkdir(parents=True, exist_ok=True)
-    shard, size, written = 0, 0, 0
+    shard, size, in_part, written = 0, 0, 0, 0
+    parts: list[str] = []
     fh: Any = None
     chunk = 4096
     try:
@@ -75,7 +77,12 @@ def write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matri
             del perm, batch
             start = 0
             while start < n:
+                if fh is not None and rows_per_part and in_part >= rows_per_part:
+                    fh.close()
+                    fh = None
                 stop = min(start + chunk, n)
+                if rows_per_part:  # the chunk ends where the part does
+                    stop = min(stop, start + rows_per_part - (in_part if fh is not None else 0))
                 buffer = io.BytesIO()
                 rows = training_rows(user_rows, item_rows, users[start:stop], items[start:stop], context,
                                       anchors[start:stop] if anchors is not None else None)
@@ -90,10 +97,12 @@ def write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matri
                     fh.close()
                     fh = None
                 if fh is None:
-                    fh = (directory / f"part-{shard:05d}.pbr").open("wb")
-                    shard, size = shard + 1, 0
+                    parts.append(f"part-{shard:05d}.pbr")
+                    fh = (directory / parts[-1]).open("wb")
+                    shard, size, in_part = shard + 1, 0, 0
                 fh.write(encoded)
                 size += len(encoded)
+                in_part += stop - start
                 # Chunks of about 1/16 of a shard: shards end close to the bound, writes stay efficient.
                 per_row = max(len(encoded) / (stop - start), 1.0)
                 chunk = max(1, min(1_000_000, int(MAX_SHARD_BYTES / 16 / per_row)))
@@ -103,7 +112,7 @@ def write_set(directory: Path, user_rows: sp.csr_matrix, item_rows: sp.csr_matri
     finally:
         if fh is not None:
             fh.close()
-    return written
+    return written, parts
 
 
 def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -128,7 +137,7 @@ def write_ids(path: Path, ids: np.ndarray) -> None:
 
 def clear_output(output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    for name in ("train", "test", "full", "meta"):
+    for name in ("train", "test", "full", "meta", "shards"):
         shutil.rmtree(output / name, ignore_errors=True)
     (output / "manifest.json").unlink(missing_ok=True)
 
@@ -149,6 +158,10 @@ def write_meta(meta: Path, prep: Prepared, positive: np.ndarray, scoring: dict[s
     # Uncompressed: zlib would cost seconds per million interactions; load_npz reads both kinds.
     sp.save_npz(meta / "seen_train.npz", seen_train, compressed=False)
     sp.save_npz(meta / "seen_all.npz", seen_all, compressed=False)
+    # The users who interacted with each item (pairs are unique): all data, the training part.
+    np.save(meta / "popularity_all.npy", np.bincount(prep.items, minlength=prep.n_items).astype(np.int64))
+    np.save(meta / "popularity_train.npy",
+            np.bincount(prep.items[~prep.holdout], minlength=prep.n_items).astype(np.int64))
     (meta / "features.json").write_text(json.dumps(feature_values, indent=1), encoding="utf-8")
     if has_holdout:
         hold = prep.holdout
@@ -164,4 +177,5 @@ def write_meta(meta: Path, prep: Prepared, positive: np.ndarray, scoring: dict[s
         "seen_train": "meta/seen_train.npz", "seen_all": "meta/seen_all.npz",
         "holdout": "meta/holdout.csv" if has_holdout else None,
         "feature_values": "meta/features.json",
+        "popularity_all": "meta/popularity_all.npy", "popularity_train": "meta/popularity_train.npy",
     }
