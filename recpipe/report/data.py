@@ -1,7 +1,8 @@
 """What Evaluate records for the run report, so an AWS run's report needs no recomputation.
 
-:func:`evaluation_report` summarises the eval variant's ranked lists (ranked exactly as Publish
-ranks, :mod:`recpipe.topn`) on the evaluated users:
+:class:`ReportAccumulator` (shard by shard) or :func:`evaluation_report` (one block) summarises the
+eval variant's ranked lists (ranked exactly as Publish ranks, :mod:`recpipe.topn`) on the evaluated
+users:
 
 * ``ndcg_by_activity``: NDCG@10 per bucket of training interactions per user (the protocol of
   :func:`recpipe.metrics.ranking_metrics`, applied to each bucket's users);
@@ -76,37 +77,71 @@ def score_histogram(scores: np.ndarray, bins: int = SCORE_BINS) -> dict[str, Any
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "unscored": unscored}
 
 
+class ReportAccumulator:
+    """The report document built shard by shard (Evaluate streams its users): ``add`` each shard's
+    ranked lists, then ``result``. Memory: per bucket two numbers, per item one count, and the
+    lists' scores (float32; 2 MB for the default 50,000 evaluated users at k = 10)."""
+
+    def __init__(self, n_items: int, k: int = 10) -> None:
+        self.n_items = n_items
+        self.k = k
+        self.users = 0
+        self.recommended = np.zeros(n_items, dtype=np.int64)
+        self.popularity = np.zeros(n_items, dtype=np.int64)
+        self.bucket_users = np.zeros(len(ACTIVITY_EDGES), dtype=np.int64)
+        self.bucket_ndcg_sums = np.zeros(len(ACTIVITY_EDGES), dtype=np.float64)
+        self._scores: list[np.ndarray] = []
+
+    def add(self, recommended: np.ndarray, scores: np.ndarray, relevant: sp.csr_matrix,
+            seen_train: sp.csr_matrix) -> None:
+        """One shard: ``recommended`` / ``scores`` ``(users, >= k)`` item indices (``-1`` = none) and
+        scores (NaN = topped up), best first; ``relevant``: the users' held-out relevant items;
+        ``seen_train``: their training interactions (``users x n_items``)."""
+        recommended, scores = np.asarray(recommended), np.asarray(scores)
+        if recommended.shape != scores.shape:
+            raise ValueError(f"recommended {recommended.shape} and scores {scores.shape} differ in shape.")
+        seen = sp.csr_matrix(seen_train)
+        if seen.shape[1] != self.n_items or seen.shape[0] != recommended.shape[0]:
+            raise ValueError(f"seen_train has shape {seen.shape}; expected ({recommended.shape[0]}, "
+                             f"{self.n_items}).")
+        valid = recommended >= 0
+        self.users += int(recommended.shape[0])
+        self.recommended += np.bincount(recommended[valid].ravel(), minlength=self.n_items)
+        self.popularity += np.asarray((seen > 0).sum(axis=0)).reshape(-1)
+        self._scores.append(scores[valid].astype(np.float32))
+        for index, bucket in enumerate(ndcg_by_activity(recommended, relevant, np.diff(seen.indptr),
+                                                        self.n_items, self.k)):
+            self.bucket_users[index] += bucket["users"]
+            self.bucket_ndcg_sums[index] += (bucket["ndcg_at_10"] or 0.0) * bucket["users"]
+
+    def result(self, run_id: str, popularity: np.ndarray | None = None) -> dict[str, Any]:
+        """The document; ``popularity``: users per item in the training part (the processing
+        output's ``popularity_train``; default: counted over the added users)."""
+        counts = self.popularity if popularity is None else np.asarray(popularity).reshape(-1)
+        if counts.shape[0] != self.n_items:
+            raise ValueError(f"popularity has {counts.shape[0]} items, expected {self.n_items}.")
+        buckets = []
+        for i, label in enumerate(bucket_labels()):
+            users = int(self.bucket_users[i])
+            buckets.append({"bucket": label, "min_interactions": ACTIVITY_EDGES[i], "users": users,
+                            "ndcg_at_10": float(self.bucket_ndcg_sums[i] / users) if users else None})
+        scores = np.concatenate(self._scores) if self._scores else np.empty(0, dtype=np.float32)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "k": self.k,
+            "users": self.users,
+            "ndcg_by_activity": buckets,
+            "items": {"popularity": [int(v) for v in counts],
+                      "recommended": [int(v) for v in self.recommended]},
+            "scores": score_histogram(scores),
+        }
+
+
 def evaluation_report(recommended: np.ndarray, scores: np.ndarray, relevant: sp.csr_matrix,
                       seen_train: sp.csr_matrix, *, run_id: str, popularity: np.ndarray | None = None,
                       k: int = 10) -> dict[str, Any]:
-    """The report document (see the module docstring).
-
-    ``recommended`` / ``scores``: ``(users, >= k)`` item indices (``-1`` = none) and scores (NaN =
-    topped up) of the evaluated users, best first; ``relevant``: their held-out relevant items;
-    ``seen_train``: their training interactions (``users x n_items``); ``popularity``: users per
-    item in the training part (the processing output's ``popularity_train``; default: counted over
-    ``seen_train``'s users).
-    """
-    recommended = np.asarray(recommended)
-    scores = np.asarray(scores)
-    if recommended.shape != scores.shape:
-        raise ValueError(f"recommended {recommended.shape} and scores {scores.shape} differ in shape.")
-    seen = sp.csr_matrix(seen_train)
-    n_items = seen.shape[1]
-    activity = np.diff(seen.indptr)
-    valid = recommended >= 0
-    counts = np.bincount(recommended[valid].ravel(), minlength=n_items)
-    if popularity is None:
-        popularity = np.asarray((seen > 0).sum(axis=0)).reshape(-1)
-    popularity = np.asarray(popularity).reshape(-1)
-    if popularity.shape[0] != n_items:
-        raise ValueError(f"popularity has {popularity.shape[0]} items, seen_train {n_items}.")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "k": k,
-        "users": int(recommended.shape[0]),
-        "ndcg_by_activity": ndcg_by_activity(recommended, relevant, activity, n_items, k),
-        "items": {"popularity": [int(v) for v in popularity], "recommended": [int(v) for v in counts]},
-        "scores": score_histogram(scores[valid]),
-    }
+    """The report document of one block of users (see :class:`ReportAccumulator`)."""
+    accumulator = ReportAccumulator(sp.csr_matrix(seen_train).shape[1], k)
+    accumulator.add(recommended, scores, relevant, seen_train)
+    return accumulator.result(run_id, popularity)

@@ -71,3 +71,23 @@ def test_histogram_of_equal_scores_and_of_nothing() -> None:
 
 def test_the_report_lives_beside_the_runs_metrics() -> None:
     assert data.report_uri("s3://b/runs/r1/metrics.json") == "s3://b/runs/r1/report/evaluation.json"
+
+
+def test_shard_by_shard_equals_all_at_once() -> None:
+    rng = np.random.default_rng(9)
+    n_users, n_items = 50, 25
+    recommended = np.array([rng.permutation(n_items)[:10] for _ in range(n_users)])
+    recommended[3, 7:] = -1
+    scores = rng.normal(size=(n_users, 10))
+    scores[4, 8:] = np.nan
+    relevant = sp.random(n_users, n_items, density=0.08, format="csr", random_state=4)
+    seen = sp.random(n_users, n_items, density=0.4, format="csr", random_state=5)
+    whole = data.evaluation_report(recommended, scores, relevant, seen, run_id="r")
+    accumulator = data.ReportAccumulator(n_items)
+    for lo, hi in ((0, 17), (17, 40), (40, 50)):
+        accumulator.add(recommended[lo:hi], scores[lo:hi], relevant[lo:hi], seen[lo:hi])
+    parts = accumulator.result("r")
+    assert parts["items"] == whole["items"] and parts["scores"] == whole["scores"] and parts["users"] == 50
+    for a, b in zip(parts["ndcg_by_activity"], whole["ndcg_by_activity"], strict=True):
+        assert a["users"] == b["users"]
+        assert a["ndcg_at_10"] == pytest.approx(b["ndcg_at_10"]) if b["users"] else a["ndcg_at_10"] is None
