@@ -66,25 +66,32 @@ def _user_order(row: dict[str, Any]) -> tuple[int, str]:
     return (len(user_id), user_id) if user_id.isdigit() else (1 << 30, user_id)
 
 
+def _version_scan(table: str, run_id: str) -> dict[str, Any]:
+    """Scan arguments selecting the user rows of version ``run_id``."""
+    return {
+        "TableName": table,
+        "FilterExpression": "begins_with(#pk, :user) AND #sk = :version",
+        "ExpressionAttributeNames": {"#pk": tables.PARTITION_KEY, "#sk": tables.SORT_KEY},
+        "ExpressionAttributeValues": {":user": {"S": tables.USER_PREFIX},
+                                      ":version": {"S": f"{tables.VERSION_PREFIX}{run_id}"}},
+    }
+
+
+def _user_row(raw: dict[str, Any], run_id: str) -> dict[str, Any]:
+    item = _item(raw)
+    user_id = str(item.get("user_id") or str(item[tables.PARTITION_KEY])[len(tables.USER_PREFIX):])
+    return shape(user_id, run_id, list(item.get("items", [])))
+
+
 def all_recommendations(ddb: Any, table: str, run_id: str, *,
                         ordered: bool = True) -> Iterator[dict[str, Any]]:
     """Every user's row of version ``run_id`` (a scan of the whole table). ``ordered``: numeric user
     ids in numeric order (holds every row in memory, fine locally); otherwise rows stream out page by
     page in scan order (a deployed table of a million users)."""
-    paginator = ddb.get_paginator("scan")
-    pages = paginator.paginate(
-        TableName=table,
-        FilterExpression="begins_with(#pk, :user) AND #sk = :version",
-        ExpressionAttributeNames={"#pk": tables.PARTITION_KEY, "#sk": tables.SORT_KEY},
-        ExpressionAttributeValues={":user": {"S": tables.USER_PREFIX},
-                                   ":version": {"S": f"{tables.VERSION_PREFIX}{run_id}"}},
-    )
     rows = []
-    for page in pages:
+    for page in ddb.get_paginator("scan").paginate(**_version_scan(table, run_id)):
         for raw in page.get("Items", []):
-            item = _item(raw)
-            user_id = str(item.get("user_id") or str(item[tables.PARTITION_KEY])[len(tables.USER_PREFIX):])
-            row = shape(user_id, run_id, list(item.get("items", [])))
+            row = _user_row(raw, run_id)
             if ordered:
                 rows.append(row)
             else:
@@ -96,19 +103,10 @@ def all_recommendations(ddb: Any, table: str, run_id: str, *,
 def sample_users(ddb: Any, table: str, run_id: str, n: int = 3) -> list[dict[str, Any]]:
     """``n`` users of version ``run_id``: the lowest ids among the first rows found."""
     found: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "FilterExpression": "begins_with(#pk, :user) AND #sk = :version",
-        "ExpressionAttributeNames": {"#pk": tables.PARTITION_KEY, "#sk": tables.SORT_KEY},
-        "ExpressionAttributeValues": {":user": {"S": tables.USER_PREFIX},
-                                      ":version": {"S": f"{tables.VERSION_PREFIX}{run_id}"}},
-    }
+    kwargs = _version_scan(table, run_id)
     while len(found) < 50:
         page = ddb.scan(**kwargs)
-        for raw in page.get("Items", []):
-            item = _item(raw)
-            user_id = str(item.get("user_id") or str(item[tables.PARTITION_KEY])[len(tables.USER_PREFIX):])
-            found.append(shape(user_id, run_id, list(item.get("items", []))))
+        found += [_user_row(raw, run_id) for raw in page.get("Items", [])]
         if "LastEvaluatedKey" not in page:
             break
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
