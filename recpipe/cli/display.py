@@ -97,13 +97,11 @@ class RunDisplay:
 
 
 def _metrics_of(outcome: Any) -> dict[str, float] | None:
-    """NDCG and friends from the Evaluate state's output, if the run had one."""
+    """NDCG and friends from the Evaluate state's output (``$.evaluation.metrics``), if the run had one."""
     for run in reversed(outcome.states):
-        if run.name.lower().startswith("evaluate") and run.status == "succeeded":
-            output = run.output
-            if isinstance(output, Mapping) and isinstance(output.get("evaluation"), Mapping):
-                output = output["evaluation"]
-            found = output.get("metrics") if isinstance(output, Mapping) else None
+        if run.name == "Evaluate" and run.status == "succeeded" and isinstance(run.output, Mapping):
+            evaluation = run.output.get("evaluation")
+            found = evaluation.get("metrics") if isinstance(evaluation, Mapping) else None
             if isinstance(found, Mapping):
                 return {str(k): v for k, v in found.items() if isinstance(v, int | float)}
     return None

@@ -16,6 +16,8 @@ from typing import Any
 
 from recpipe.executions.status import RUNNING, SUCCEEDED
 
+# The definition's first state (workflows.definition): its output holds the run document at "run".
+PREPARE_STATE = "Prepare"
 _ITER_START = "MapIterationStarted"
 _ITER_END = ("MapIterationSucceeded", "MapIterationFailed", "MapIterationAborted")
 _FAILED_TYPES = ("TaskFailed", "TaskTimedOut", "LambdaFunctionFailed", "LambdaFunctionTimedOut",
@@ -220,25 +222,13 @@ def outcome_from(describe: Mapping[str, Any], events: Iterable[Mapping[str, Any]
 
 
 def run_id_of(outcome: ExecutionOutcome) -> str | None:
-    """The run id from the first state output that carries one (Prepare's run document)."""
+    """The run id of the run document Prepare returned (its output's ``run.run_id``: the definition's
+    "Prepare" state puts the document at ``$.run``); None when Prepare has not succeeded."""
     for state in outcome.states:
-        found = _find_key(state.output, "run_id")
-        if isinstance(found, str):
-            return found
-    found = _find_key(outcome.output, "run_id")
-    return found if isinstance(found, str) else None
-
-
-def _find_key(value: Any, key: str, depth: int = 0) -> Any:
-    if depth > 4:
-        return None
-    if isinstance(value, Mapping):
-        if key in value and isinstance(value[key], str):
-            return value[key]
-        for child in value.values():
-            found = _find_key(child, key, depth + 1)
-            if found is not None:
-                return found
+        if state.name == PREPARE_STATE and not state.path and state.status == "succeeded":
+            run = state.output.get("run") if isinstance(state.output, Mapping) else None
+            run_id = run.get("run_id") if isinstance(run, Mapping) else None
+            return run_id if isinstance(run_id, str) else None
     return None
 
 

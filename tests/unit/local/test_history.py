@@ -3,6 +3,7 @@ and where a failure started."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ import boto3
 from moto import mock_aws
 
 from recpipe.executions.follow import snapshot
-from recpipe.executions.history import StateRun, summarise_cause
+from recpipe.executions.history import ExecutionOutcome, StateRun, run_id_of, summarise_cause
 from recpipe.local.exceptions import TaskFailure
 from recpipe.local.moto_hook import TaskCall, installed
 from tests.moto_executions import wait_for_executions
@@ -113,3 +114,19 @@ def test_summarise_cause_reads_lambda_errors_and_keeps_plain_text() -> None:
     assert summarise_cause(lam) == "Publish failed (ValueError): ValueError: no rows"
     assert summarise_cause("plain words") == "plain words"
     assert summarise_cause(None) == ""
+
+
+def _state(name: str, output: Any, *, status: str = "succeeded", path: tuple[int, ...] = ()) -> StateRun:
+    return StateRun(name=name, type="Task", path=path, started=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+                    status=status, output=output)
+
+
+def test_the_run_id_is_the_one_of_prepares_run_document_and_nowhere_else() -> None:
+    prepared = _state("Prepare", {"run": {"run_id": "r-1", "variants": []}})
+    decoy = _state("Plan", {"run_id": "other"})  # a run_id elsewhere is not the run's
+    assert run_id_of(ExecutionOutcome(status="RUNNING", states=[decoy, prepared])) == "r-1"
+    assert run_id_of(ExecutionOutcome(status="FAILED", states=[decoy])) is None
+    failed = _state("Prepare", None, status="failed")
+    assert run_id_of(ExecutionOutcome(status="FAILED", states=[failed])) is None
+    nested = _state("Prepare", {"run": {"run_id": "inner"}}, path=(0,))  # a Map's own "Prepare"
+    assert run_id_of(ExecutionOutcome(status="RUNNING", states=[nested])) is None
