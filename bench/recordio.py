@@ -4,14 +4,12 @@ Sparse: FM-style one-hot rows (2-20 non-zeros, float32 values and labels), ``--r
 (default 1M). The SDK writer is slow (~50 us/row), so it runs on ``--sdk-rows`` rows only (say so
 in any figure quoted); ours always writes all ``--rows`` rows. The machine is shared and noisy, so
 the two are measured interleaved: ``--rounds`` rounds, each timing one slice of the SDK's rows and
-then our writers on all rows; rates are total rows / total seconds per writer, so load that comes
-and goes hits both alike. Ours is timed twice per round: as ``write_sparse`` runs here (numba kernel
-when numba is installed) and forced to the pure-numpy path (what the processing container runs).
+then ``write_sparse`` on all rows; rates are total rows / total seconds per writer, so load that
+comes and goes hits both alike. What is timed is what ships: there is one writer.
 
 Dense: k-NN vectors (``--dense-rows`` x 64 float32), the SDK's ``write_numpy_to_dense_tensor`` on a
-subset, ours on all, interleaved the same way: ``write_dense`` as it runs (the numpy path: dense float
-rows fill every byte of their slots, so it never hands them to numba) and forced to the numba kernel.
-Byte identity with the SDK is checked on the subsets.
+subset, ``write_dense`` on all, interleaved the same way. Byte identity with the SDK is checked on
+the subsets; the sparse output is read back with ``read_sparse`` (timed too).
 
     .venv/bin/python bench/recordio.py [--rows 1000000] [--sdk-rows 20000] [--rounds 4]
 """
@@ -51,15 +49,10 @@ def timed(fn: Callable[..., Any], *args: Any) -> float:
     return time.perf_counter() - start
 
 
-def write_with(numba: bool | None, writer: Callable[..., None], *args: Any) -> bytes:
-    saved = recordio._USE_NUMBA
-    recordio._USE_NUMBA = numba
-    try:
-        out = io.BytesIO()
-        writer(out, *args)
-        return out.getvalue()
-    finally:
-        recordio._USE_NUMBA = saved
+def write(writer: Callable[..., None], *args: Any) -> bytes:
+    out = io.BytesIO()
+    writer(out, *args)
+    return out.getvalue()
 
 
 class Meter:
@@ -92,23 +85,14 @@ def main() -> None:
     matrix, labels = make_rows(args.rows, args.cols)
     vectors = np.random.default_rng(1).normal(size=(args.dense_rows, 64)).astype(np.float32)
 
-    # Byte identity on the SDK subsets, for both of our paths; also warms up (and reports) the numba
-    # kernel: importing numba and loading the cached kernel, or compiling it on a first run.
+    # Byte identity on the SDK subsets.
     subset, sub_labels = matrix[: args.sdk_rows], labels[: args.sdk_rows]
     sdk_bytes = io.BytesIO()
     write_spmatrix_to_sparse_tensor(sdk_bytes, subset, sub_labels)
-    start = time.perf_counter()
-    numba_bytes = write_with(True, recordio.write_sparse, subset, sub_labels)
-    first_call_s = time.perf_counter() - start
-    numba_ok = recordio._numba_encoder() is not None
-    identical = numba_bytes == sdk_bytes.getvalue()
-    identical &= write_with(False, recordio.write_sparse, subset, sub_labels) == sdk_bytes.getvalue()
+    identical = write(recordio.write_sparse, subset, sub_labels) == sdk_bytes.getvalue()
     dense_sdk = io.BytesIO()
     write_numpy_to_dense_tensor(dense_sdk, vectors[: args.dense_sdk_rows])
-    for numba in (True, False):
-        identical &= (
-            write_with(numba, recordio.write_dense, vectors[: args.dense_sdk_rows]) == dense_sdk.getvalue()
-        )
+    identical &= write(recordio.write_dense, vectors[: args.dense_sdk_rows]) == dense_sdk.getvalue()
 
     meter = Meter()
     sparse_cuts = np.linspace(0, args.sdk_rows, args.rounds + 1).astype(int)
@@ -119,47 +103,37 @@ def main() -> None:
         part, part_labels = matrix[lo:hi], labels[lo:hi]
         meter.add("sdk", hi - lo, timed(write_spmatrix_to_sparse_tensor, io.BytesIO(), part, part_labels))
         start = time.perf_counter()
-        data = write_with(None, recordio.write_sparse, matrix, labels)
+        data = write(recordio.write_sparse, matrix, labels)
         meter.add("ours", args.rows, time.perf_counter() - start)
-        meter.add("numpy", args.rows, timed(write_with, False, recordio.write_sparse, matrix, labels))
 
         lo, hi = int(dense_cuts[r]), int(dense_cuts[r + 1])
         meter.add("dense_sdk", hi - lo, timed(write_numpy_to_dense_tensor, io.BytesIO(), vectors[lo:hi]))
-        meter.add("dense_ours", args.dense_rows, timed(write_with, None, recordio.write_dense, vectors))
-        meter.add("dense_numba", args.dense_rows, timed(write_with, True, recordio.write_dense, vectors))
+        meter.add("dense_ours", args.dense_rows, timed(write, recordio.write_dense, vectors))
         meter.add("read", args.rows, timed(recordio.read_sparse, data))
         print(
             f"round {r + 1}/{args.rounds}: sdk {meter.rate('sdk'):,.0f} rows/s, "
-            f"ours {meter.rate('ours'):,.0f}, "
-            f"numpy path {meter.rate('numpy'):,.0f} (running totals)",
+            f"ours {meter.rate('ours'):,.0f} (running totals)",
             flush=True,
         )
     back, back_labels = recordio.read_sparse(data)
     round_trip = (back != matrix).nnz == 0 and back_labels is not None and np.array_equal(back_labels, labels)
 
     speedup = meter.rate("ours") / meter.rate("sdk")
-    speedup_numpy = meter.rate("numpy") / meter.rate("sdk")
     dense_speedup = meter.rate("dense_ours") / meter.rate("dense_sdk")
-    dense_speedup_numba = meter.rate("dense_numba") / meter.rate("dense_sdk")
     print(f"sparse rows={args.rows} nnz={matrix.nnz} bytes={len(data)} ({len(data) / args.rows:.1f} B/row)")
-    print(f"numba kernel available: {numba_ok}; first write_sparse call with it: {first_call_s:.2f} s")
     print(
         f"SDK sparse writer ({args.sdk_rows} rows in {args.rounds} slices): {meter.rate('sdk'):,.0f} rows/s"
     )
     print(f"recpipe write_sparse (all {args.rows} rows x {args.rounds}): {meter.rate('ours'):,.0f} rows/s")
-    print(f"recpipe write_sparse, numpy path only: {meter.rate('numpy'):,.0f} rows/s")
     print(f"recpipe read_sparse: {meter.rate('read'):,.0f} rows/s")
     print(
         f"dense {args.dense_rows}x64: SDK ({args.dense_sdk_rows} rows) {meter.rate('dense_sdk'):,.0f} rows/s,"
-        f" ours {meter.rate('dense_ours'):,.0f}, numba kernel {meter.rate('dense_numba'):,.0f}"
+        f" ours {meter.rate('dense_ours'):,.0f}"
     )
+    print(f"byte-identical to the SDK on the subsets: {identical}; read back exactly: {round_trip}")
     print(
-        f"byte-identical to the SDK on the subsets (both paths): {identical}; read back exactly: {round_trip}"
-    )
-    print(
-        f"RESULT speedup={speedup:.1f} speedup_numpy={speedup_numpy:.1f} dense_speedup={dense_speedup:.1f} "
-        f"dense_speedup_numba={dense_speedup_numba:.1f} ours_rows_per_s={meter.rate('ours'):.0f} "
-        f"numpy_rows_per_s={meter.rate('numpy'):.0f} sdk_rows_per_s={meter.rate('sdk'):.0f} "
+        f"RESULT speedup={speedup:.1f} dense_speedup={dense_speedup:.1f} "
+        f"ours_rows_per_s={meter.rate('ours'):.0f} sdk_rows_per_s={meter.rate('sdk'):.0f} "
         f"read_rows_per_s={meter.rate('read'):.0f} identical={int(identical and round_trip)}"
     )
 

@@ -24,9 +24,7 @@ if TYPE_CHECKING:
         read_sparse,
         read_sparse_files,
         write_dense,
-        write_dense_shards,
         write_sparse,
-        write_sparse_shards,
     )
 
 _EXPORTS = {
@@ -36,9 +34,7 @@ _EXPORTS = {
     "read_sparse": "recordio",
     "read_sparse_files": "recordio",
     "write_dense": "recordio",
-    "write_dense_shards": "recordio",
     "write_sparse": "recordio",
-    "write_sparse_shards": "recordio",
     "load_params": "mxnet",
     "save_params": "mxnet",
     "load_fm_model": "fm_model",
@@ -61,9 +57,7 @@ __all__ = [
     "save_fm_model",
     "save_params",
     "write_dense",
-    "write_dense_shards",
     "write_sparse",
-    "write_sparse_shards",
     "write_verbose_jsonlines",
 ]
 

@@ -1,5 +1,5 @@
-"""What the formats' readers accept as a source, and reading it whole (shared by the MXNet params
-and k-NN output readers; ``recordio.py`` keeps its own copy because it ships standalone)."""
+"""What the formats' readers accept as a source, and reading it whole (shared by the recordio,
+MXNet params and k-NN output readers)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,16 @@
-"""Errors of ``recpipe.formats``: one module, every class a ``ValueError`` subclass.
-
-``RecordIOError`` is defined in ``recordio.py`` itself because that module ships standalone
-(as ``recpipe_recordio.py``) into the SageMaker processing container; it is re-exported here.
-"""
+"""Errors of ``recpipe.formats``: one module, every class a ``ValueError`` subclass."""
 
 from __future__ import annotations
-
-from recpipe.formats.recordio import RecordIOError
 
 __all__ = ["FormatError", "KnnOutputError", "MXNetFormatError", "ModelArtifactError", "RecordIOError"]
 
 
 class FormatError(ValueError):
-    """Base class of the errors about bytes that do not follow a format (except RecordIOError)."""
+    """Base class of the errors about bytes that do not follow a format."""
+
+
+class RecordIOError(FormatError):
+    """Invalid recordio-protobuf input (bad bytes) or writer arguments."""
 
 
 class MXNetFormatError(FormatError):
