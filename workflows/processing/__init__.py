@@ -96,6 +96,8 @@ _SHIPPED = (
     "recpipe/__init__.py",
     "recpipe/config.py",
     "recpipe/formats/__init__.py",
+    "recpipe/formats/_source.py",
+    "recpipe/formats/exceptions.py",
     "recpipe/formats/recordio.py",
     "workflows/__init__.py",
 )
