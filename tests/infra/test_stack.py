@@ -167,6 +167,10 @@ def test_every_function_fits_a_new_accounts_memory_quota(synth: Synth) -> None:
     _, repackage = _functions(synth)[FUNCTIONS["Repackage"]]
     assert repackage["MemorySize"] == 3008
     assert repackage["Timeout"] == 900
+    # Every other function of the stack too (the read API's, CDK's own deployment helper).
+    every = {k: r["Properties"].get("MemorySize", 128)
+             for k, r in synth.of_type("AWS::Lambda::Function").items()}
+    assert all(mb <= 3008 for mb in every.values()), every
 
 
 def test_prepare_gets_the_deploy_time_defaults(synth: Synth) -> None:
