@@ -1,4 +1,5 @@
-"""Deploys the processing script and the modules it ships with to ``s3://<bucket>/code/processing/``."""
+"""Deploys the processing step's code tree (``workflows.processing.code_files()``: the package and
+the library modules it imports, same relative paths) to ``s3://<bucket>/code/processing/``."""
 
 from __future__ import annotations
 

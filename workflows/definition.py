@@ -80,7 +80,6 @@ MAP_CONCURRENCY = 2
 # of recordio in, and a verbose response of k labels and distances out (~25 k bytes): 1 MB of input
 # (thousands of users) keeps each response in the tens of MB.
 TRANSFORM_MAX_PAYLOAD_MB = 1
-DEFAULT_ENTRYPOINT = ["python3", "/opt/ml/processing/input/code/preprocess.py"]
 PROCESSING_INPUT = "/opt/ml/processing/input"
 PROCESSING_OUTPUT = "/opt/ml/processing/output"
 # Where the processing code lives in the data bucket (CDK and the local engine upload it there).
@@ -117,10 +116,10 @@ def _ph(name: str) -> str:
 
 
 def processing_entrypoint() -> list[str]:
-    """The processing container's entrypoint (``workflows.processing.ENTRYPOINT`` when defined)."""
+    """The processing container's entrypoint (``workflows.processing.ENTRYPOINT``)."""
     from workflows import processing
 
-    return list(getattr(processing, "ENTRYPOINT", DEFAULT_ENTRYPOINT))
+    return list(processing.ENTRYPOINT)
 
 
 def _dyn(params: dict[str, Any], dotted: str, path: str) -> None:

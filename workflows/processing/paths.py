@@ -40,4 +40,4 @@ def opt_ml_root() -> Path:
 
 
 def log(message: str) -> None:
-    print(f"[preprocess {time.monotonic() - _START:7.1f}s] {message}", flush=True)
+    print(f"[processing {time.monotonic() - _START:7.1f}s] {message}", flush=True)
