@@ -27,7 +27,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from lambdas.publish.publish import Catalogue, user_rows
+from lambdas.publish.publish import user_rows
 from recpipe import topn, vectors
 from recpipe.formats import recordio
 
@@ -102,10 +102,10 @@ def main() -> None:
 
     _, t_sort = timed(lambda: np.argsort(-distances, axis=1))
     ranked, t_rank = timed(topn.rank, labels, distances, seen, 20, popularity)
-    catalogue = Catalogue([f"user-{i}" for i in range(n_rank)], [f"item-{i}" for i in range(n_items)],
-                          seen, popularity)
-    count, t_rows = timed(lambda: sum(1 for _ in user_rows(ranked, 0, catalogue, "r1", "2026-01-01T00:00:00Z",
-                                                           1_800_000_000)))
+    user_ids = [f"user-{i}" for i in range(n_rank)]
+    item_attributes = [{"S": f"item-{i}"} for i in range(n_items)]
+    count, t_rows = timed(lambda: sum(1 for _ in user_rows(ranked, user_ids, item_attributes, "r1",
+                                                           "2026-01-01T00:00:00Z", 1_800_000_000)))
     rank_scale = 1_000_000 / n_rank
     print(f"rank {n_rank:,} users x k={k} (100 seen each): {t_rank:.2f} s (bare argsort: {t_sort:.2f} s); "
           f"topped up: {ranked.n_topped_up}")

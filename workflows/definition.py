@@ -12,7 +12,10 @@ The steps, in order (state names in quotes; ``$.x`` is where a step's result lan
    variant's ``transform_output``).
 5. "Evaluation?" (Choice on ``$.run.has_evaluation``): "Evaluate" (λ, ``$.evaluation``) ->
    "Quality gate" (Choice: NDCG@10 >= threshold), or "Skip evaluation" (``$.evaluation`` all null).
-6. "Publish" (λ, the serve variant): ``$.publish``.
+6. "Publish" (Distributed Map over ``processed/shards/serve.json``, read by its ItemReader, one
+   "Publish shard" (λ PublishShard) child per shard; at most ``publish.max_concurrency`` at a time; no
+   failure tolerated; results to S3 via ResultWriter, ``$.publish_map``) -> "Commit" (λ: every shard
+   reported, complete the version, flip the pointer): ``$.publish``.
 7. "Release lock" (λ) -> "Succeeded".
 
 A gate that is not met: "Quality gate report" -> "Release lock (gate)" -> Fail "Quality gate not met".
@@ -45,6 +48,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +62,8 @@ FUNCTIONS: dict[str, str] = {
     "Plan": "lambdas.plan.handler.lambda_handler",
     "Repackage": "lambdas.repackage.handler.lambda_handler",
     "Evaluate": "lambdas.evaluate.handler.lambda_handler",
-    "Publish": "lambdas.publish.handler.lambda_handler",
+    "PublishShard": "lambdas.publish.handler.lambda_handler",
+    "Commit": "lambdas.commit.handler.lambda_handler",
     "Release": "lambdas.release.handler.lambda_handler",
 }
 
@@ -161,6 +166,8 @@ class _Builder:
         self.session = sagemaker.Session(boto_session=boto_session)
         # state name -> extra ASL fields (ResultSelector, ErrorPath, ...) applied after to_dict().
         self.extra: dict[str, dict[str, Any]] = {}
+        # state name -> a function rewriting the state after to_dict() (fields the SDK cannot express).
+        self.rewrite: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
     # --- retries and catches -----------------------------------------------------------------------
 
@@ -328,6 +335,42 @@ class _Builder:
         self.sagemaker_retry(step)
         return step
 
+    # --- publishing: a Distributed Map over the shard list, then Commit --------------------------
+
+    def publish_states(self) -> tuple[Any, Any]:
+        """"Publish" (a DISTRIBUTED Map: one "Publish shard" child per entry of the shard list, which
+        its ItemReader reads from S3) and "Commit". The SDK's Map predates Distributed Map: it is built
+        as an inline Map and rewritten by :func:`_distributed_map` (see ``self.rewrite``)."""
+        sf = self.sf
+        shard = sf.LambdaStep("Publish shard", result_path="$", parameters={
+            "FunctionName": _ph("PublishShardFunctionArn"), "Payload.$": "$"})  # the child's whole input
+        shard.add_retry(self.lambda_retry())
+        # The report, not the whole invoke envelope, is what the ResultWriter stores per child.
+        self.extra["Publish shard"] = {"ResultSelector": _payload_selector("kind", "shard", "rows")}
+        # The child's input: its shard entry plus the run-wide values (no child reads the run document).
+        item_selector = {
+            "shard.$": "$$.Map.Item.Value",
+            "run_id.$": "$.run.run_id",
+            "manifest.$": "$.run.uris.manifest",
+            "transform_output.$": "$.run.transform_outputs.serve",
+            "vectors.$": "$.run.publish.vectors",
+            "reports.$": "$.run.publish.reports",
+            "top_n.$": "$.run.config.publish.top_n",
+            "ttl_days.$": "$.run.config.publish.version_ttl_days",
+            "started_at.$": "$$.Execution.StartTime",
+        }
+        publish = sf.Map("Publish", iterator=sf.Chain([shard]), parameters=item_selector,
+                         result_path="$.publish_map")
+        self.rewrite["Publish"] = _distributed_map
+        commit = self.lambda_task(
+            "Commit", "Commit",
+            {"run_id.$": "$.run.run_id", "shards.$": "$.run.publish.shards",
+             "reports.$": "$.run.publish.reports", "metrics.$": "$.evaluation.metrics"},
+            result_path="$.publish",
+            selector=_payload_selector("run_id", "users_written", "topped_up_users", "previous_run_id",
+                                       "shards"))
+        return publish, commit
+
     # --- the machine ------------------------------------------------------------------------------
 
     def variant_chain(self) -> Any:
@@ -396,13 +439,7 @@ class _Builder:
         skip_evaluation = sf.Pass("Skip evaluation", result={"metrics": None, "threshold": None,
                                                              "active_ndcg_at_10": None},
                                   result_path="$.evaluation")
-        publish = self.lambda_task(
-            "Publish", "Publish",
-            {"run_id.$": "$.run.run_id", "transform_output.$": "$.run.transform_outputs.serve",
-             "manifest.$": "$.run.uris.manifest", "top_n.$": "$.run.config.publish.top_n",
-             "ttl_days.$": "$.run.config.publish.version_ttl_days", "metrics.$": "$.evaluation.metrics"},
-            result_path="$.publish",
-            selector=_payload_selector("run_id", "users_written", "topped_up_users", "previous_run_id"))
+        publish, commit = self.publish_states()
         release = self.lambda_task("Release lock", "Release", {"run_id.$": "$.run.run_id"},
                                    result_path="$.release", selector=_payload_selector("released"))
         succeeded = sf.Succeed("Succeeded")
@@ -445,11 +482,12 @@ class _Builder:
         evaluate.next(gate)
         skip_evaluation.next(publish)
 
-        for state in (process, plan, models, evaluate, publish, release):
+        for state in (process, plan, models, evaluate, publish, commit, release):
             self.catch_to(state, self.failure_report(state.state_id, release_after_failure,
                                                      prefix=state is not models))
         release.next(succeeded)
-        publish.next(release)
+        publish.next(commit)
+        commit.next(release)
         chain = sf.Chain([prepare, process, plan, models, has_evaluation])
         graph = sf.Graph(chain, timeout_seconds=TIMEOUT_SECONDS, comment=(
             "recpipe: batch recommendations with SageMaker Factorization Machines + k-NN "
@@ -461,18 +499,63 @@ class _Builder:
     def amend(self, machine: dict[str, Any]) -> None:
         """Add the fields SDK 2.3.0 cannot express to the states (Map iterators included), and put
         states and fields in reading order (the SDK emits them in graph-visit order)."""
-        for name, state in machine["States"].items():
+        for name, state in list(machine["States"].items()):
             state.update(self.extra.pop(name, {}))
+            if name in self.rewrite:
+                state = machine["States"][name] = self.rewrite.pop(name)(state)
             if state["Type"] == "Map":
-                self.amend(state["Iterator"])
+                self.amend(state.get("Iterator") or state["ItemProcessor"])
         machine["States"] = {name: _canonical(machine["States"][name])
                              for name in _reading_order(machine["States"], machine["StartAt"])}
 
 
+# Publish's Distributed Map: where its results go (for operators; Commit reads the shards' own reports)
+# and how many shard failures it tolerates (none: one failed shard fails the run, nothing flips).
+PUBLISH_TOLERATED_FAILURES = 0
+PUBLISH_RESULTS_PREFIX = "publish-results/"
+
+
+def _distributed_map(state: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's inline Map -> the DISTRIBUTED "Publish" Map.
+
+    - ``ItemReader``: the shard list, a JSON array in S3 (``$.run.publish.shards``: Bucket, Key);
+    - ``ItemSelector`` (was ``Parameters``): each child's input;
+    - ``ItemProcessor`` (was ``Iterator``) in DISTRIBUTED mode, STANDARD child executions (a child may
+      run past EXPRESS's 5 minutes);
+    - ``MaxConcurrencyPath``: ``publish.max_concurrency`` from the run's config, so it is a run
+      setting like every other (AWS ASL and moto 5.2.5 both support the Path form);
+    - ``ToleratedFailureCount`` 0 (also AWS's default; explicit because moto ignores it and the local
+      engine restores it, :mod:`recpipe.local.moto_hook`);
+    - ``ResultWriter`` to ``s3://${DataBucket}/publish-results/<map run id>/``: the Map's own output
+      stays a few hundred bytes at any shard count (256 KB state limit). Static on purpose: moto
+      5.2.5 evaluates ResultWriter ``Parameters`` paths against the Map's results, not its input;
+      each Map Run writes under its own id anyway.
+    """
+    out = {key: value for key, value in state.items()
+           if key not in ("Iterator", "Parameters", "ItemsPath", "MaxConcurrency")}
+    processor = dict(state["Iterator"])
+    out["ItemReader"] = {
+        "Resource": "arn:aws:states:::s3:getObject",
+        "ReaderConfig": {"InputType": "JSON"},
+        "Parameters": {"Bucket.$": "$.run.publish.shards.Bucket", "Key.$": "$.run.publish.shards.Key"},
+    }
+    out["ItemSelector"] = state["Parameters"]
+    out["ItemProcessor"] = {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                            **processor}
+    out["MaxConcurrencyPath"] = "$.run.config.publish.max_concurrency"
+    out["ToleratedFailureCount"] = PUBLISH_TOLERATED_FAILURES
+    out["ResultWriter"] = {
+        "Resource": "arn:aws:states:::s3:putObject",
+        "Parameters": {"Bucket": _ph("DataBucket"), "Prefix": PUBLISH_RESULTS_PREFIX},
+    }
+    return out
+
+
 # Field order of a state in the emitted ASL (unknown fields keep their order, after these).
-_FIELD_ORDER = ("Type", "Comment", "Resource", "ItemsPath", "MaxConcurrency", "Parameters", "Iterator",
-                "Result", "ResultSelector", "ResultPath", "Error", "ErrorPath", "Cause", "CausePath",
-                "Choices", "Default", "Retry", "Catch", "Next", "End")
+_FIELD_ORDER = ("Type", "Comment", "Resource", "ItemReader", "ItemsPath", "MaxConcurrency",
+                "MaxConcurrencyPath", "ToleratedFailureCount", "Parameters", "ItemSelector", "Iterator",
+                "ItemProcessor", "ResultWriter", "Result", "ResultSelector", "ResultPath", "Error",
+                "ErrorPath", "Cause", "CausePath", "Choices", "Default", "Retry", "Catch", "Next", "End")
 
 
 def _canonical(state: dict[str, Any]) -> dict[str, Any]:
@@ -516,8 +599,9 @@ def _build() -> dict[str, Any]:
         logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
         builder = _Builder()
         asl = builder.build()
-    if builder.extra:
-        raise AssertionError(f"amendments for unknown states: {sorted(builder.extra)}")
+    if builder.extra or builder.rewrite:
+        unknown = sorted(builder.extra) + sorted(builder.rewrite)
+        raise AssertionError(f"amendments for unknown states: {unknown}")
     return asl
 
 

@@ -20,6 +20,7 @@ from recpipe import config as cfg
 from recpipe import runs
 from recpipe.formats.media_types import RECORDIO_PROTOBUF
 from recpipe.lambda_errors import ConfigurationError, InputError
+from recpipe.results import shards
 from recpipe.results.lock import LOCK_TTL_SECONDS, acquire_lock
 
 # Deploy-time defaults (JSON object of config keys), set by CDK from cdk.json.
@@ -142,6 +143,7 @@ def run_document(run_id: str, execution_name: str, bucket: str, flat: Mapping[st
         "vectors": {EVAL: by_name[EVAL]["vectors"] if has_eval else None, SERVE: by_name[SERVE]["vectors"]},
         "transform_outputs": {EVAL: by_name[EVAL]["transform_output"] if has_eval else None,
                               SERVE: by_name[SERVE]["transform_output"]},
+        "publish": shards.publish_locations(bucket, run_id, by_name[SERVE]["vectors"]),
     }
 
 

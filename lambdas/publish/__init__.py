@@ -1,1 +1,1 @@
-"""Publish: top-N per user of the serve variant, written as a new version, then the pointer flip."""
+"""PublishShard: one shard of the serve variant -> its rows under the run's version, and its report."""

@@ -1,29 +1,30 @@
-"""The Publish step: the serve variant's k-NN output -> versioned per-user rows, then a pointer flip.
+"""The PublishShard step: one entry of ``shards/serve.json`` -> its rows under the run's version.
 
-Order of writes (``recpipe.tables`` has the layout):
+The "Publish" Distributed Map runs one child per entry (:mod:`recpipe.results.shards`); a child
+handles its entry by ``kind``:
 
-1. the version item ``meta#version / v#<run_id>`` is set to ``state = writing`` (its
-   ``generated_at`` is kept from an earlier attempt of the same run, so a re-run writes
-   byte-identical rows);
-2. every user's row ``user#<id> / v#<run_id>`` (BatchWriteItem, retried until nothing is left);
-3. the version item becomes ``complete`` with the user count, top-up count and metrics;
-4. the active pointer ``meta#active / pointer`` is flipped to the run with a conditional write
-   that fails if another run moved it meanwhile.
+- ``users``: rank the shard's users and write their rows ``user#<id> / v#<run_id>``. It reads only
+  what its shard needs: the transform output ``users-<start:010d>-<stop:010d>.pbr.out`` (the
+  k-NN's candidate labels; the distances are not used, :mod:`recpipe.topn`), the shard's user
+  vectors from Repackage (same name without ``.out``), the item vectors, the shard's ``seen.npz``
+  and ``user_ids.txt`` (under its ``prefix``), the global ``popularity_all.npy`` and ``item_ids.txt``
+  (per item, not per user). Memory is bounded by one shard plus the item tables, whatever the
+  number of users.
+- ``items``: similar items (issue 13, helper SERVING). Until that lands, the child writes an empty
+  report (0 rows) so that Commit's every-entry-reported check passes.
 
-Readers follow the pointer, so they see the previous version until step 4 and the new one in
-full afterwards; a publish that fails anywhere before step 4 leaves the previous version served.
-Rows and version items expire ``ttl_days`` after ``generated_at`` (TTL attribute ``expires_at``);
-the pointer never does. The version and pointer writes are :mod:`recpipe.results.versions`'s.
+Then it writes its report ``runs/<id>/publish/<kind>-<shard:05d>.json`` (row count, top-ups), the
+last thing it does: a report means the rows are written.
 
-Transform output -> users: each ``*.out`` file is named after the user shard Repackage wrote
-(``users-<start>-<stop>.pbr.out``, :mod:`recpipe.vectors`) and the batch transform keeps the input
-order, so line j of that file is user ``start + j``; :func:`recpipe.topn.transform_parts` checks the
-files tile all users and :func:`recpipe.topn.read_part` checks each file's line count against its range.
+Idempotent: the version item is begun with ``if_not_exists`` (:func:`recpipe.results.versions.begin_version`)
+from the execution's start time, so every child, a retried child and a redriven execution write the
+same ``generated_at``/``expires_at`` and byte-identical rows, and the same report.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,80 +36,76 @@ import scipy.sparse as sp
 from aws_lambda_powertools import Logger
 
 from lambdas.publish.writer import BatchWriter
-from recpipe import runs, tables, topn
+from recpipe import runs, tables, topn, vectors
 from recpipe.lambda_errors import InputError
-from recpipe.results import versions
+from recpipe.results import shards, versions
 
 logger = Logger(service="recpipe-publish")
 
+ITEMS_FILE = "items/items.pbr"  # under the vectors prefix (Repackage)
+USERS_DIR = "users"
+
 
 @dataclass(frozen=True)
-class PublishRequest:
-    """The Publish event (docs/CONTRACTS.md), validated."""
+class PublishShardRequest:
+    """The PublishShard event (docs/CONTRACTS.md: the Map's ItemSelector), validated."""
 
     run_id: str
-    transform_output: str
+    shard: shards.ShardEntry
     manifest: str
+    transform_output: str
+    vectors: str
+    reports: str
     top_n: int
     ttl_days: int
-    metrics: dict[str, Any] | None = None
+    started_at: datetime | None = None
 
     @classmethod
-    def from_event(cls, event: Any) -> PublishRequest:
+    def from_event(cls, event: Any) -> PublishShardRequest:
         if not isinstance(event, Mapping):
-            raise InputError(f"The Publish event must be a JSON object, got {type(event).__name__}.")
-        required = ("run_id", "transform_output", "manifest", "top_n", "ttl_days")
+            raise InputError(f"The PublishShard event must be a JSON object, got {type(event).__name__}.")
+        required = ("run_id", "shard", "manifest", "transform_output", "vectors", "reports", "top_n",
+                    "ttl_days")
         missing = [key for key in required if key not in event]
         if missing:
-            raise InputError(f"The Publish event lacks {', '.join(repr(k) for k in missing)}.")
-        for key in ("run_id", "transform_output", "manifest"):
+            raise InputError(f"The PublishShard event lacks {', '.join(repr(k) for k in missing)}.")
+        for key in ("run_id", "manifest", "transform_output", "vectors", "reports"):
             if not isinstance(event[key], str) or not event[key]:
                 raise InputError(
-                    f"The Publish event's {key!r} must be a non-empty string, got {event[key]!r}."
-                )
+                    f"The PublishShard event's {key!r} must be a non-empty string, got {event[key]!r}.")
+        for key in ("manifest", "transform_output", "vectors", "reports"):
+            runs.parse_s3_uri(event[key])
         for key, low, high in (("top_n", 1, 1000), ("ttl_days", 1, 3650)):
             value = event[key]
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise InputError(
-                    f"The Publish event's {key!r} must be an int in [{low}, {high}], got {value!r}."
-                )
-        metrics = event.get("metrics")
-        if metrics is not None and not isinstance(metrics, Mapping):
-            raise InputError(f"The Publish event's 'metrics' must be an object or null, got {metrics!r}.")
-        for key in ("transform_output", "manifest"):
-            runs.parse_s3_uri(event[key])
-        return cls(event["run_id"], event["transform_output"], event["manifest"], event["top_n"],
-                   event["ttl_days"], dict(metrics) if metrics is not None else None)
+                    f"The PublishShard event's {key!r} must be an int in [{low}, {high}], got {value!r}.")
+        started = event.get("started_at")
+        started_at = None
+        if started is not None:
+            try:
+                started_at = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise InputError(f"The PublishShard event's 'started_at' is not an ISO 8601 time: "
+                                 f"{started!r}.") from exc
+            if started_at.tzinfo is None:
+                started_at = started_at.replace(tzinfo=UTC)
+        entry = shards.ShardEntry.parse(event["shard"], "The PublishShard event's 'shard'")
+        return cls(event["run_id"], entry, event["manifest"], event["transform_output"], event["vectors"],
+                   event["reports"], event["top_n"], event["ttl_days"], started_at)
 
 
 @dataclass(frozen=True)
-class Catalogue:
-    """What Publish needs from the processing output."""
+class ShardInputs:
+    """What one users shard is ranked from."""
 
     user_ids: list[str]
+    labels: np.ndarray         # (n, k) k-NN candidates
+    user_vectors: np.ndarray   # (n, dim)
+    item_vectors: np.ndarray   # (n_items, dim)
+    seen: sp.csr_matrix        # (n, n_items)
+    popularity: np.ndarray     # (n_items,)
     item_ids: list[str]
-    seen: sp.csr_matrix  # (n_users, n_items), seen_all
-    popularity: np.ndarray  # (n_items,), column sums of ``seen``
-
-    @functools.cached_property
-    def item_attributes(self) -> list[dict[str, str]]:
-        """``{"S": item_id}`` per item index, built once."""
-        return [{"S": item_id} for item_id in self.item_ids]
-
-
-def load_catalogue(s3: Any, manifest_uri: str) -> Catalogue:
-    manifest = runs.load_manifest(s3, manifest_uri)
-    user_ids = _lines(s3, runs.required_file_uri(manifest_uri, manifest, "user_ids", "Publish"))
-    item_ids = _lines(s3, runs.required_file_uri(manifest_uri, manifest, "item_ids", "Publish"))
-    seen_uri = runs.required_file_uri(manifest_uri, manifest, "seen_all", "Publish")
-    seen = runs.load_csr(s3, seen_uri, (len(user_ids), len(item_ids)))
-    counts = manifest.get("counts") or {}
-    for name, ids in (("users", user_ids), ("items", item_ids)):
-        if name in counts and counts[name] != len(ids):
-            raise InputError(f"The manifest {manifest_uri} counts {counts[name]} {name} but its id file "
-                             f"lists {len(ids)}.")
-    popularity = np.asarray(seen.sum(axis=0)).reshape(-1)
-    return Catalogue(user_ids, item_ids, seen, popularity)
 
 
 def _lines(s3: Any, uri: str) -> list[str]:
@@ -117,6 +114,64 @@ def _lines(s3: Any, uri: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
+
+
+def _npy(s3: Any, uri: str) -> np.ndarray:
+    try:
+        array: np.ndarray = np.load(io.BytesIO(runs.get_bytes(s3, uri)), allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"{uri} is not a numpy .npy file: {exc}.") from exc
+    return array
+
+
+def _dense_vectors(s3: Any, uri: str, rows: int, what: str) -> np.ndarray:
+    from recpipe.formats import recordio
+
+    try:
+        array, _ = recordio.read_dense(io.BytesIO(runs.get_bytes(s3, uri)))
+    except ValueError as exc:
+        raise InputError(f"{uri}: {exc}") from exc
+    if array.ndim != 2 or array.shape[0] != rows:
+        found = array.shape[0] if array.ndim else 0
+        raise InputError(f"{uri} holds {found} {what} vectors; expected {rows}.")
+    return np.asarray(array, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _item_tables(s3: Any, manifest_uri: str, vectors_uri: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Item ids, popularity and item vectors: the same for every shard of a run, so a warm Lambda
+    instance that handles several shards reads them once."""
+    manifest = runs.load_manifest(s3, manifest_uri)
+    item_ids = _lines(s3, runs.required_file_uri(manifest_uri, manifest, "item_ids", "PublishShard"))
+    n_items = len(item_ids)
+    counts = manifest.get("counts") or {}
+    if "items" in counts and counts["items"] != n_items:
+        raise InputError(f"The manifest {manifest_uri} counts {counts['items']} items but its id file "
+                         f"lists {n_items}.")
+    popularity_uri = runs.required_file_uri(manifest_uri, manifest, "popularity_all", "PublishShard")
+    popularity = _npy(s3, popularity_uri).reshape(-1)
+    if popularity.size != n_items:
+        raise InputError(f"{popularity_uri} has {popularity.size} entries; the manifest has {n_items} items.")
+    item_vectors = _dense_vectors(s3, runs.join_uri(vectors_uri, ITEMS_FILE), n_items, "item")
+    return item_ids, popularity, item_vectors
+
+
+def load_shard(s3: Any, request: PublishShardRequest) -> ShardInputs:
+    entry = request.shard
+    item_ids, popularity, item_vectors = _item_tables(s3, request.manifest, request.vectors)
+    processed = request.manifest.rsplit("/", 1)[0]
+    assert entry.prefix is not None  # ShardEntry.parse requires it for users
+    shard_dir = runs.prefix_uri(processed, entry.prefix)
+    user_ids = _lines(s3, runs.join_uri(shard_dir, "user_ids.txt"))
+    if len(user_ids) != entry.size:
+        raise InputError(f"{shard_dir}user_ids.txt lists {len(user_ids)} users; the shard is users "
+                         f"[{entry.start}, {entry.stop}) ({entry.size}).")
+    seen = runs.load_csr(s3, runs.join_uri(shard_dir, "seen.npz"), (entry.size, len(item_ids)))
+    name = vectors.user_shard_name(entry.start, entry.stop)
+    bucket, key = runs.parse_s3_uri(runs.join_uri(request.transform_output, name + ".out"))
+    labels, _ = topn.read_part(s3, topn.TransformPart(bucket, key, entry.start, entry.stop))
+    user_vectors = _dense_vectors(s3, runs.join_uri(request.vectors, USERS_DIR, name), entry.size, "user")
+    return ShardInputs(user_ids, labels, user_vectors, item_vectors, seen, popularity, item_ids)
 
 
 _NULL = {"NULL": True}
@@ -129,11 +184,11 @@ def _number(value: float) -> str:
     return str(Decimal(text)) if "e" in text else text
 
 
-def user_rows(
-    ranked: topn.Ranked, start: int, catalogue: Catalogue, run_id: str, generated_at: str, expires_at: int
-) -> Iterator[dict[str, Any]]:
-    """Low-level DynamoDB items of users ``start, start + 1, ...`` (one per row of ``ranked``).
+def user_rows(ranked: topn.Ranked, user_ids: list[str], item_attributes: list[dict[str, str]], run_id: str,
+              generated_at: str, expires_at: int) -> Iterator[dict[str, Any]]:
+    """Low-level DynamoDB items of ``user_ids`` (one per row of ``ranked``, same order).
 
+    ``item_attributes[i]`` is ``{"S": item_id}`` of item index i (built once, shared read-only).
     Topped-up items (no k-NN score) get a NULL score; they always come after the scored ones.
     """
     sk = {"S": f"{tables.VERSION_PREFIX}{run_id}"}
@@ -142,13 +197,11 @@ def user_rows(
         "generated_at": {"S": generated_at},
         tables.TTL_ATTRIBUTE: {"N": str(expires_at)},
     }
-    # Shared, read-only attribute values: the serializer only reads them (1M users x 20 items).
-    item_attrs = catalogue.item_attributes
     rows = zip(ranked.items.tolist(), ranked.scores.tolist(), strict=True)
-    for offset, (row_items, row_scores) in enumerate(rows):
-        user_id = catalogue.user_ids[start + offset]
+    for user_id, (row_items, row_scores) in zip(user_ids, rows, strict=True):
         entries = [
-            {"M": {"item_id": item_attrs[item], "score": _NULL if score != score else {"N": _number(score)}}}
+            {"M": {"item_id": item_attributes[item],
+                   "score": _NULL if score != score else {"N": _number(score)}}}
             for item, score in zip(row_items, row_scores, strict=True)
             if item >= 0
         ]
@@ -161,39 +214,31 @@ def user_rows(
         }
 
 
-def publish(
-    request: PublishRequest,
-    *,
-    s3: Any,
-    dynamodb: Any,
-    table: str,
-    now: datetime | None = None,
-    writer: BatchWriter | None = None,
-) -> dict[str, Any]:
-    """Write the run's rows under its own version, complete the version, flip the pointer."""
-    now = now or datetime.now(UTC)
-    catalogue = load_catalogue(s3, request.manifest)
-    parts = topn.transform_parts(s3, request.transform_output, len(catalogue.user_ids))
+def publish_users(request: PublishShardRequest, *, s3: Any, dynamodb: Any, table: str, now: datetime,
+                  writer: BatchWriter) -> dict[str, Any]:
+    inputs = load_shard(s3, request)
     generated_at, expires_at = versions.begin_version(dynamodb, table, request.run_id, top_n=request.top_n,
                                                       ttl_days=request.ttl_days, now=now)
-    writer = writer or BatchWriter(dynamodb, table)
-    users_written = topped_up = 0
-    for part in parts:
-        labels, distances = topn.read_part(s3, part)
-        ranked = topn.rank(labels, distances, catalogue.seen[part.start:part.stop], request.top_n,
-                           catalogue.popularity)
-        topped_up += ranked.n_topped_up
-        users_written += writer.write(
-            user_rows(ranked, part.start, catalogue, request.run_id, generated_at, expires_at)
-        )
-        logger.info("Shard written", extra={"key": part.key, "users": [part.start, part.stop],
-                                            "users_written": users_written, "calls": writer.calls,
-                                            "retries": writer.retries})
-    committed = versions.commit_version(dynamodb, table, request.run_id, users=users_written,
-                                        topped_up=topped_up, metrics=request.metrics, now=now)
-    return {
-        "run_id": request.run_id,
-        "users_written": users_written,
-        "topped_up_users": topped_up,
-        "previous_run_id": committed["previous_run_id"],
-    }
+    ranked = topn.rank_shard(inputs.labels, inputs.user_vectors, inputs.item_vectors, inputs.seen,
+                             request.top_n, inputs.popularity)
+    item_attributes = [{"S": item_id} for item_id in inputs.item_ids]
+    written = writer.write(user_rows(ranked, inputs.user_ids, item_attributes, request.run_id,
+                                     generated_at, expires_at))
+    return shards.shard_report(request.run_id, request.shard, rows=written, topped_up=ranked.n_topped_up,
+                               generated_at=generated_at)
+
+
+def publish_shard(request: PublishShardRequest, *, s3: Any, dynamodb: Any, table: str,
+                  now: datetime | None = None, writer: BatchWriter | None = None) -> dict[str, Any]:
+    """Handle one shard entry by kind, then write its report; returns the report."""
+    now = request.started_at or now or datetime.now(UTC)
+    entry = request.shard
+    if entry.kind == shards.KIND_USERS:
+        report = publish_users(request, s3=s3, dynamodb=dynamodb, table=table, now=now,
+                               writer=writer or BatchWriter(dynamodb, table))
+    else:
+        # Similar items (kind "items") are helper SERVING's part of issue 13; until it lands the
+        # entry is acknowledged with an empty report so that Commit's every-entry check passes.
+        report = shards.shard_report(request.run_id, entry, rows=0, pending="similar items not built yet")
+    runs.put_json(s3, shards.report_uri(request.reports, entry.kind, entry.shard), report)
+    return report

@@ -32,6 +32,10 @@ from workflows.definition import PLACEHOLDERS, load_definition
 REGION, ACCOUNT = "us-east-1", "123456789012"
 BUCKET, TABLE = "recpipe-data", "recpipe-results"
 N_USERS, N_ITEMS, FEATURE_DIM = 5, 7, 12
+# processed/shards/serve.json as the processing step writes it (read by the Publish Map's ItemReader).
+SERVE_SHARDS = [{"kind": "users", "shard": 0, "start": 0, "stop": 3, "prefix": "shards/serve/00000/"},
+                {"kind": "users", "shard": 1, "start": 3, "stop": 5, "prefix": "shards/serve/00001/"},
+                {"kind": "items", "shard": 0, "start": 0, "stop": 7}]
 
 
 @dataclass
@@ -96,15 +100,18 @@ def stub_lambdas(h: Harness) -> Callable[[TaskCall], Any]:
                    "hit_rate_at_10": 0.5, "coverage_at_10": 0.3, "users_evaluated": N_USERS}
         return {"metrics": metrics, "threshold": h.threshold, "active_ndcg_at_10": None}
 
-    def publish(e: dict[str, Any]) -> dict[str, Any]:
+    def publish_shard(e: dict[str, Any]) -> dict[str, Any]:
+        return {"run_id": e["run_id"], **e["shard"], "rows": e["shard"]["stop"] - e["shard"]["start"]}
+
+    def commit(e: dict[str, Any]) -> dict[str, Any]:
         return {"run_id": e["run_id"], "users_written": N_USERS, "topped_up_users": 0,
-                "previous_run_id": None}
+                "previous_run_id": None, "shards": len(SERVE_SHARDS)}
 
     handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
         "Prepare": lambda e: prepare_handler.lambda_handler(e, None, s3=h.s3, dynamodb=h.ddb),
         "Plan": lambda e: plan_handler.lambda_handler(e, None, s3=h.s3),
         "Release": lambda e: release_handler.lambda_handler(e, None, dynamodb=h.ddb),
-        "Repackage": repackage, "Evaluate": evaluate, "Publish": publish,
+        "Repackage": repackage, "Evaluate": evaluate, "PublishShard": publish_shard, "Commit": commit,
     }
 
     def invoke(call: TaskCall) -> Any:
@@ -129,6 +136,7 @@ def stub_sagemaker(h: Harness) -> Callable[[TaskCall], Any]:
         processed = params["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
         config = runs.get_json(h.s3, next(i["S3Input"]["S3Uri"] for i in params["ProcessingInputs"]
                                           if i["InputName"] == "config"))
+        runs.put_json(h.s3, runs.join_uri(processed, "shards", "serve.json"), SERVE_SHARDS)
         runs.put_json(h.s3, runs.join_uri(processed, "manifest.json"), {
             "schema_version": 1, "feature_dim": FEATURE_DIM, "config": config,
             "counts": {"users": N_USERS, "items": N_ITEMS},

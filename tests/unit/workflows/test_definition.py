@@ -37,9 +37,16 @@ def iterator(asl: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def shard_states(asl: dict[str, Any]) -> dict[str, Any]:
+    """The Publish Map's child states."""
+    out: dict[str, Any] = asl["States"]["Publish"]["ItemProcessor"]["States"]
+    return out
+
+
 def all_states(asl: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     yield from states(asl).items()
     yield from iterator(asl).items()
+    yield from shard_states(asl).items()
 
 
 def happy_path(machine: dict[str, Any], start: str, choose: dict[str, str] | None = None) -> list[str]:
@@ -84,9 +91,11 @@ def test_placeholders_are_exactly_the_declared_ones(asl: dict[str, Any]) -> None
 
 
 def test_functions_map_logical_names_to_handlers(asl: dict[str, Any]) -> None:
-    assert set(wf.FUNCTIONS) == {"Prepare", "Plan", "Repackage", "Evaluate", "Publish", "Release"}
+    packages = {"Prepare": "prepare", "Plan": "plan", "Repackage": "repackage", "Evaluate": "evaluate",
+                "PublishShard": "publish", "Commit": "commit", "Release": "release"}
+    assert set(wf.FUNCTIONS) == set(packages)
     for name, handler in wf.FUNCTIONS.items():
-        assert handler == f"lambdas.{name.lower()}.handler.lambda_handler"
+        assert handler == f"lambdas.{packages[name]}.handler.lambda_handler"
     lambdas = {s["Parameters"]["FunctionName"] for _, s in all_states(asl)
                if s.get("Resource") == "arn:aws:states:::lambda:invoke"}
     assert lambdas == {f"${{{name}FunctionArn}}" for name in wf.FUNCTIONS}
@@ -102,9 +111,9 @@ def test_state_order(asl: dict[str, Any]) -> None:
     top = states(asl)
     assert asl["StartAt"] == "Prepare"
     assert happy_path(top, "Prepare") == ["Prepare", "Process", "Plan", "Models", "Evaluation?", "Evaluate",
-                                          "Quality gate", "Publish", "Release lock", "Succeeded"]
+                                          "Quality gate", "Publish", "Commit", "Release lock", "Succeeded"]
     assert happy_path(top, "Prepare", {"Evaluation?": "Skip evaluation"})[4:] == [
-        "Evaluation?", "Skip evaluation", "Publish", "Release lock", "Succeeded"]
+        "Evaluation?", "Skip evaluation", "Publish", "Commit", "Release lock", "Succeeded"]
     assert top["Quality gate"]["Default"] == "Quality gate report"
     assert happy_path(top, "Quality gate report") == ["Quality gate report", "Release lock (gate)",
                                                       "Quality gate not met"]
@@ -120,8 +129,11 @@ def test_state_order(asl: dict[str, Any]) -> None:
 
 def test_every_task_failure_is_caught_and_reported(asl: dict[str, Any]) -> None:
     top, inner = states(asl), iterator(asl)
+    # A Publish child has no Catch on purpose: its failure fails the Map (no failure tolerated), whose
+    # Catch below releases the lock.
+    assert "Catch" not in shard_states(asl)["Publish shard"]
     for name, state in all_states(asl):
-        if state["Type"] not in ("Task", "Map"):
+        if state["Type"] not in ("Task", "Map") or name in shard_states(asl):
             continue
         catches = state.get("Catch", [])
         assert catches and catches[-1]["ErrorEquals"] == ["States.ALL"], name
@@ -220,11 +232,10 @@ def test_data_flow_of_the_top_level(asl: dict[str, Any]) -> None:
     assert {"Variable": "$.evaluation.metrics.ndcg_at_10",
             "NumericGreaterThanEqualsPath": "$.evaluation.threshold"} in gate["And"]
 
-    publish = lambda_payload(top["Publish"])
-    assert publish["transform_output.$"] == "$.run.transform_outputs.serve"
-    assert publish["metrics.$"] == "$.evaluation.metrics"
-    assert publish["top_n.$"] == "$.run.config.publish.top_n"
-    assert publish["ttl_days.$"] == "$.run.config.publish.version_ttl_days"
+    commit = lambda_payload(top["Commit"])
+    assert commit == {"run_id.$": "$.run.run_id", "shards.$": "$.run.publish.shards",
+                      "reports.$": "$.run.publish.reports", "metrics.$": "$.evaluation.metrics"}
+    assert top["Commit"]["ResultPath"] == "$.publish"
     for release in ("Release lock", "Release lock after failure", "Release lock (gate)"):
         assert lambda_payload(top[release]) == {"run_id.$": "$.run.run_id"}
 
@@ -278,6 +289,46 @@ def test_data_flow_inside_the_map(asl: dict[str, Any]) -> None:
     assert transform["TransformOutput"]["Accept"] == "application/jsonlines; verbose=true"
     assert transform["TransformOutput"]["S3OutputPath.$"] == "$.variant.transform_output"
     assert 1 <= transform["MaxPayloadInMB"] <= 100
+
+
+def test_publish_is_a_distributed_map_over_the_shard_list_in_s3(asl: dict[str, Any]) -> None:
+    publish = states(asl)["Publish"]
+    assert publish["Type"] == "Map"
+    assert publish["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert "ItemsPath" not in publish and "Iterator" not in publish and "Parameters" not in publish
+    assert publish["ItemReader"] == {
+        "Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"},
+        "Parameters": {"Bucket.$": "$.run.publish.shards.Bucket", "Key.$": "$.run.publish.shards.Key"}}
+    assert publish["MaxConcurrencyPath"] == "$.run.config.publish.max_concurrency"
+    assert "MaxConcurrency" not in publish
+    assert publish["ToleratedFailureCount"] == 0
+    assert publish["ResultWriter"] == {
+        "Resource": "arn:aws:states:::s3:putObject",
+        "Parameters": {"Bucket": "${DataBucket}", "Prefix": "publish-results/"}}
+    assert publish["ResultPath"] == "$.publish_map" and publish["Next"] == "Commit"
+    assert publish["ItemSelector"] == {
+        "shard.$": "$$.Map.Item.Value", "run_id.$": "$.run.run_id", "manifest.$": "$.run.uris.manifest",
+        "transform_output.$": "$.run.transform_outputs.serve", "vectors.$": "$.run.publish.vectors",
+        "reports.$": "$.run.publish.reports", "top_n.$": "$.run.config.publish.top_n",
+        "ttl_days.$": "$.run.config.publish.version_ttl_days", "started_at.$": "$$.Execution.StartTime"}
+    child = shard_states(asl)["Publish shard"]
+    assert publish["ItemProcessor"]["StartAt"] == "Publish shard" and child["End"] is True
+    assert child["Parameters"] == {"FunctionName": "${PublishShardFunctionArn}", "Payload.$": "$"}
+    assert child["ResultSelector"] == {"kind.$": "$.Payload.kind", "shard.$": "$.Payload.shard",
+                                       "rows.$": "$.Payload.rows"}
+
+
+def test_every_publish_path_resolves_in_the_run_document(asl: dict[str, Any]) -> None:
+    doc = run_document("r1", "r1", "bucket", cfg.resolve({}), now=0.0)
+    publish = states(asl)["Publish"]
+    paths = [*publish["ItemReader"]["Parameters"].values(), publish["MaxConcurrencyPath"],
+             *(v for k, v in publish["ItemSelector"].items() if not v.startswith("$$.")),
+             *lambda_payload(states(asl)["Commit"]).values()]
+    values = {p: resolve(p.removeprefix("$."), {"run": doc, "evaluation": {"metrics": None}}) for p in paths}
+    assert values["$.run.publish.shards.Key"] == "runs/r1/processed/shards/serve.json"
+    assert values["$.run.publish.vectors"] == "s3://bucket/runs/r1/serve/vectors/"
+    assert values["$.run.publish.reports"] == "s3://bucket/runs/r1/publish/"
+    assert values["$.run.config.publish.max_concurrency"] == 8
 
 
 def resolve(path: str, data: Any) -> Any:

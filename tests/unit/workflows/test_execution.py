@@ -16,7 +16,7 @@ from typing import Any
 
 from recpipe.local.exceptions import TaskFailure
 from recpipe.results.lock import acquire_lock
-from tests.unit.workflows.harness import BUCKET, FEATURE_DIM, N_ITEMS, TABLE, Harness
+from tests.unit.workflows.harness import BUCKET, FEATURE_DIM, N_ITEMS, N_USERS, SERVE_SHARDS, TABLE, Harness
 
 
 def by_variant(calls: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
@@ -29,7 +29,8 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
     calls = harness.calls
     states = calls.states()
     assert states[:3] == ["Prepare", "Process", "Plan"]
-    assert states[-3:] == ["Evaluate", "Publish", "Release lock"]
+    assert states[-2:] == ["Commit", "Release lock"]
+    assert states[-6:-2] == ["Evaluate"] + ["Publish shard"] * 3
     run_id = "test-run"
     root = f"s3://{BUCKET}/runs/{run_id}"
 
@@ -81,10 +82,24 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
     assert evaluate == {"run_id": run_id, "transform_output": f"{root}/eval/transform/",
                         "manifest": f"{root}/processed/manifest.json", "k": 10, "min_ndcg_at_10": 0.0,
                         "max_regression": 0.02, "metrics_output": f"{root}/metrics.json"}
-    publish = calls.of("Publish")[0]
-    assert publish["transform_output"] == f"{root}/serve/transform/"
-    assert publish["metrics"]["ndcg_at_10"] == 0.25
-    assert (publish["top_n"], publish["ttl_days"]) == (20, 60)
+    children = sorted(calls.of("Publish shard"), key=lambda c: (c["shard"]["kind"], c["shard"]["shard"]))
+    assert [c["shard"] for c in children] == sorted(SERVE_SHARDS, key=lambda e: (e["kind"], e["shard"]))
+    child = children[0]
+    assert child["transform_output"] == f"{root}/serve/transform/"
+    assert child["manifest"] == f"{root}/processed/manifest.json"
+    assert child["vectors"] == f"{root}/serve/vectors/"
+    assert child["reports"] == f"{root}/publish/"
+    assert (child["top_n"], child["ttl_days"], child["similar_items"]) == (20, 60, 20)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", child["started_at"])
+    assert all(c["started_at"] == child["started_at"] for c in children)  # one time for every shard
+    commit = calls.of("Commit")[0]
+    shard_list = {"Bucket": BUCKET, "Key": f"runs/{run_id}/processed/shards/serve.json"}
+    assert commit == {"run_id": run_id, "shards": shard_list, "reports": f"{root}/publish/",
+                      "metrics": commit["metrics"]}
+    assert commit["metrics"]["ndcg_at_10"] == 0.25
+    output = json.loads(out["output"])
+    assert output["publish"]["users_written"] == N_USERS
+    assert set(output["publish_map"]) == {"MapRunArn", "ResultWriterDetails"}  # small at any shard count
     assert harness.lock_owner() is None
     assert json.loads(out["output"])["release"] == {"released": True}
 
@@ -96,7 +111,7 @@ def test_no_holdout_runs_serve_only_and_skips_the_gate(harness: Harness) -> None
     assert "Evaluate" not in harness.calls.states()
     assert [c["TrainingJobName"] for c in harness.calls.of("Train FM")] == ["recpipe-test-run-serve-fm-0-0"]
     assert harness.calls.of("Train FM")[0]["ResourceConfig"]["InstanceType"] == "ml.c5.2xlarge"
-    assert harness.calls.of("Publish")[0]["metrics"] is None
+    assert harness.calls.of("Commit")[0]["metrics"] is None
 
 
 def test_quality_gate_not_met_publishes_nothing_and_releases(harness: Harness) -> None:
@@ -108,7 +123,7 @@ def test_quality_gate_not_met_publishes_nothing_and_releases(harness: Harness) -
     assert '"ndcg_at_10":0.05' in out["cause"] and '"threshold":0.1' in out["cause"]
     assert '"active_ndcg_at_10":null' in out["cause"]  # a first run: no active version
     assert '"users_evaluated":5' in out["cause"]
-    assert "Publish" not in harness.calls.states()
+    assert "Publish shard" not in harness.calls.states()
     assert harness.calls.states()[-1] == "Release lock (gate)"
     assert harness.lock_owner() is None
 
@@ -119,7 +134,7 @@ def test_missing_metrics_fail_the_gate_instead_of_the_choice(harness: Harness) -
     out = harness.run({})
     assert (out["status"], out["error"]) == ("FAILED", "QualityGateNotMet")
     assert '"ndcg_at_10":null' in out["cause"] and '"threshold":null' in out["cause"]
-    assert "Publish" not in harness.calls.states()
+    assert "Publish shard" not in harness.calls.states()
     assert harness.lock_owner() is None
 
 
@@ -136,12 +151,22 @@ def test_a_failed_job_names_the_state_and_variant_and_releases(harness: Harness)
 
 
 def test_a_failed_lambda_names_the_state(harness: Harness) -> None:
-    harness.failures["Publish"] = RuntimeError("table throttled")
+    harness.failures["Commit"] = RuntimeError("table throttled")
     out = harness.run({})
     assert (out["status"], out["error"]) == ("FAILED", "RuntimeError")
-    assert out["cause"].startswith("Publish failed (RuntimeError): ") and "table throttled" in out["cause"]
+    assert out["cause"].startswith("Commit failed (RuntimeError): ") and "table throttled" in out["cause"]
     assert harness.lock_owner() is None
 
+
+
+def test_a_failed_shard_fails_the_publish_map_and_nothing_is_committed(harness: Harness) -> None:
+    harness.failures["Publish shard"] = RuntimeError("shard throttled")
+    out = harness.run({})
+    assert (out["status"], out["error"]) == ("FAILED", "ExceedToleratedFailureThreshold")
+    assert out["cause"].startswith("Publish failed (States.ExceedToleratedFailureThreshold): ")
+    assert "Commit" not in harness.calls.states()
+    assert harness.calls.states()[-1] == "Release lock after failure"
+    assert harness.lock_owner() is None
 
 def test_invalid_input_fails_in_prepare_with_every_problem(harness: Harness) -> None:
     out = harness.run({"fm.num_factor": 8, "fm": {"epochs": 0}})
