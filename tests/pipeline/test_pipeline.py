@@ -61,6 +61,7 @@ def test_the_execution_succeeds_through_every_state_in_order(pipeline: PipelineR
         "Evaluate",
         "Quality gate",
         "Publish",
+        "Commit",
         "Release lock",
         "Succeeded",
     ]
@@ -159,7 +160,7 @@ def test_publish_serves_top_n_unseen_items_for_every_user_and_releases_the_lock(
     ddb = client(pipeline.endpoint)
     pointer = read.active_pointer(ddb, pipeline.table)
     assert pointer is not None and pointer["run_id"] == pipeline.run_id
-    assert pipeline.state("Publish").output["publish"]["users_written"] == N_USERS
+    assert pipeline.state("Commit").output["publish"]["users_written"] == N_USERS
     rows = list(read.all_recommendations(ddb, pipeline.table, str(pipeline.run_id)))
     assert len(rows) == N_USERS
     seen = _seen(pipeline)
@@ -267,11 +268,11 @@ FAILURES = [
         None,
         "injected evaluate error",
     ),
-    (
+    (   # every shard fails: the Map fails as on AWS (the child's own error is in its Map Run)
         "Publish",
-        {"lambda_overrides": {"Publish": _raise("injected publish error")}},
+        {"lambda_overrides": {"PublishShard": _raise("injected publish error")}},
         None,
-        "injected publish error",
+        "States.ExceedToleratedFailureThreshold",
     ),
 ]
 
@@ -320,3 +321,40 @@ def test_a_run_below_the_quality_gate_fails_clearly_and_publishes_nothing(
     pointer = read.active_pointer(ddb, pipeline.table)
     assert pointer is not None and pointer["run_id"] == pipeline.run_id
     assert read.lock_item(ddb, pipeline.table) is None
+
+
+def test_one_failing_publish_shard_fails_the_run_and_flips_nothing(
+    pipeline: PipelineRun, run_pipeline: Runner
+) -> None:
+    """Issue 10.2: one shard's child fails, the others write their rows; the Map fails, Commit never
+    runs, the lock is released and the previous version is still the one served."""
+    from lambdas.publish import handler as shard_handler
+    from recpipe import tables
+    from recpipe.results import versions
+
+    def shard_1_fails(event: Any, context: Any) -> Any:
+        if (event["shard"]["kind"], event["shard"]["shard"]) == ("users", 1):
+            raise InjectedError("injected failure of users shard 1")
+        return shard_handler.lambda_handler(event, context)
+
+    failed = run_pipeline(overrides={"processing.users_per_shard": N_USERS // 3},
+                          lambda_overrides={"PublishShard": shard_1_fails})
+    assert failed.outcome.status == "FAILED"
+    assert failed.outcome.error == "ExceedToleratedFailureThreshold"
+    assert failed.outcome.cause is not None
+    assert failed.outcome.cause.startswith("Publish failed (States.ExceedToleratedFailureThreshold)")
+    first_failure = failed.outcome.failed_state
+    assert first_failure is not None and first_failure.name == "Publish"
+    assert "Commit" not in [s.name for s in failed.outcome.states]
+    # The other shards ran and reported; shard 1 did not.
+    reports = sorted(p.name for p in (failed.run_dir / "publish").glob("*.json"))
+    assert "users-00000.json" in reports and "users-00002.json" in reports
+    assert "users-00001.json" not in reports
+    ddb = client(pipeline.endpoint)
+    assert read.lock_item(ddb, pipeline.table) is None
+    pointer = read.active_pointer(ddb, pipeline.table)
+    assert pointer is not None and pointer["run_id"] == pipeline.run_id
+    version = versions.read_item(ddb, pipeline.table, tables.version_key(str(failed.run_id)))
+    assert version is not None and version["state"] == "writing"  # begun by the shards, never completed
+    served = read.user_recommendations(ddb, pipeline.table, "1", str(pipeline.run_id))
+    assert served is not None and len(served["items"]) == OVERRIDES["publish.top_n"]
