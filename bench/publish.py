@@ -145,8 +145,8 @@ def main() -> None:
     import boto3
     from moto import mock_aws
 
+    from recpipe.executions.follow import follow
     from recpipe.local.dynamodb import Dynalite, client, ensure_table
-    from recpipe.local.follow import follow
     from recpipe.local.lambdas import LocalLambda
     from recpipe.local.moto_hook import installed
     from workflows.definition import FUNCTIONS
