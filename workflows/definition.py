@@ -512,7 +512,8 @@ class _Builder:
 # Publish's Distributed Map: where its results go (for operators; Commit reads the shards' own reports)
 # and how many shard failures it tolerates (none: one failed shard fails the run, nothing flips).
 PUBLISH_TOLERATED_FAILURES = 0
-PUBLISH_RESULTS_PREFIX = "publish-results/"
+# No trailing slash: Step Functions adds "/<map run id>/" itself.
+PUBLISH_RESULTS_PREFIX = "publish-results"
 
 
 def _distributed_map(state: dict[str, Any]) -> dict[str, Any]:

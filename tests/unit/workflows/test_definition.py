@@ -304,7 +304,7 @@ def test_publish_is_a_distributed_map_over_the_shard_list_in_s3(asl: dict[str, A
     assert publish["ToleratedFailureCount"] == 0
     assert publish["ResultWriter"] == {
         "Resource": "arn:aws:states:::s3:putObject",
-        "Parameters": {"Bucket": "${DataBucket}", "Prefix": "publish-results/"}}
+        "Parameters": {"Bucket": "${DataBucket}", "Prefix": "publish-results"}}
     assert publish["ResultPath"] == "$.publish_map" and publish["Next"] == "Commit"
     assert publish["ItemSelector"] == {
         "shard.$": "$$.Map.Item.Value", "run_id.$": "$.run.run_id", "manifest.$": "$.run.uris.manifest",
