@@ -54,6 +54,7 @@ from typing import Any
 
 from recpipe.formats.media_types import KNN_VERBOSE_JSONLINES, RECORDIO_PROTOBUF
 from recpipe.results.lock import LOCK_TTL_SECONDS
+from workflows import publish_map
 
 # Lambdas: logical name -> handler. CDK creates one function per entry; the local engine dispatches
 # ``lambda:invoke`` of ``${<Name>FunctionArn}`` to the handler.
@@ -340,7 +341,7 @@ class _Builder:
     def publish_states(self) -> tuple[Any, Any]:
         """"Publish" (a DISTRIBUTED Map: one "Publish shard" child per entry of the shard list, which
         its ItemReader reads from S3) and "Commit". The SDK's Map predates Distributed Map: it is built
-        as an inline Map and rewritten by :func:`_distributed_map` (see ``self.rewrite``)."""
+        as an inline Map and rewritten by :func:`workflows.publish_map.distributed`."""
         sf = self.sf
         shard = sf.LambdaStep("Publish shard", result_path="$", parameters={
             "FunctionName": _ph("PublishShardFunctionArn"), "Payload.$": "$"})  # the child's whole input
@@ -361,7 +362,7 @@ class _Builder:
         }
         publish = sf.Map("Publish", iterator=sf.Chain([shard]), parameters=item_selector,
                          result_path="$.publish_map")
-        self.rewrite["Publish"] = _distributed_map
+        self.rewrite["Publish"] = functools.partial(publish_map.distributed, result_bucket=_ph("DataBucket"))
         commit = self.lambda_task(
             "Commit", "Commit",
             {"run_id.$": "$.run.run_id", "shards.$": "$.run.publish.shards",
@@ -507,49 +508,6 @@ class _Builder:
                 self.amend(state.get("Iterator") or state["ItemProcessor"])
         machine["States"] = {name: _canonical(machine["States"][name])
                              for name in _reading_order(machine["States"], machine["StartAt"])}
-
-
-# Publish's Distributed Map: where its results go (for operators; Commit reads the shards' own reports)
-# and how many shard failures it tolerates (none: one failed shard fails the run, nothing flips).
-PUBLISH_TOLERATED_FAILURES = 0
-# No trailing slash: Step Functions adds "/<map run id>/" itself.
-PUBLISH_RESULTS_PREFIX = "publish-results"
-
-
-def _distributed_map(state: dict[str, Any]) -> dict[str, Any]:
-    """The SDK's inline Map -> the DISTRIBUTED "Publish" Map.
-
-    - ``ItemReader``: the shard list, a JSON array in S3 (``$.run.publish.shards``: Bucket, Key);
-    - ``ItemSelector`` (was ``Parameters``): each child's input;
-    - ``ItemProcessor`` (was ``Iterator``) in DISTRIBUTED mode, STANDARD child executions (a child may
-      run past EXPRESS's 5 minutes);
-    - ``MaxConcurrencyPath``: ``publish.max_concurrency`` from the run's config, so it is a run
-      setting like every other (AWS ASL and moto 5.2.5 both support the Path form);
-    - ``ToleratedFailureCount`` 0 (also AWS's default; explicit because moto ignores it and the local
-      engine restores it, :mod:`recpipe.local.moto_hook`);
-    - ``ResultWriter`` to ``s3://${DataBucket}/publish-results/<map run id>/``: the Map's own output
-      stays a few hundred bytes at any shard count (256 KB state limit). Static on purpose: moto
-      5.2.5 evaluates ResultWriter ``Parameters`` paths against the Map's results, not its input;
-      each Map Run writes under its own id anyway.
-    """
-    out = {key: value for key, value in state.items()
-           if key not in ("Iterator", "Parameters", "ItemsPath", "MaxConcurrency")}
-    processor = dict(state["Iterator"])
-    out["ItemReader"] = {
-        "Resource": "arn:aws:states:::s3:getObject",
-        "ReaderConfig": {"InputType": "JSON"},
-        "Parameters": {"Bucket.$": "$.run.publish.shards.Bucket", "Key.$": "$.run.publish.shards.Key"},
-    }
-    out["ItemSelector"] = state["Parameters"]
-    out["ItemProcessor"] = {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
-                            **processor}
-    out["MaxConcurrencyPath"] = "$.run.config.publish.max_concurrency"
-    out["ToleratedFailureCount"] = PUBLISH_TOLERATED_FAILURES
-    out["ResultWriter"] = {
-        "Resource": "arn:aws:states:::s3:putObject",
-        "Parameters": {"Bucket": _ph("DataBucket"), "Prefix": PUBLISH_RESULTS_PREFIX},
-    }
-    return out
 
 
 # Field order of a state in the emitted ASL (unknown fields keep their order, after these).
