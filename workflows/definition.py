@@ -358,6 +358,7 @@ class _Builder:
             "reports.$": "$.run.publish.reports",
             "top_n.$": "$.run.config.publish.top_n",
             "ttl_days.$": "$.run.config.publish.version_ttl_days",
+            "similar_items.$": "$.run.config.publish.similar_items",
             "started_at.$": "$$.Execution.StartTime",
         }
         publish = sf.Map("Publish", iterator=sf.Chain([shard]), parameters=item_selector,

@@ -10,8 +10,9 @@ handles its entry by ``kind``:
   and ``user_ids.txt`` (under its ``prefix``), the global ``popularity_all.npy`` and ``item_ids.txt``
   (per item, not per user). Memory is bounded by one shard plus the item tables, whatever the
   number of users.
-- ``items``: similar items (issue 13, helper SERVING). Until that lands, the child writes an empty
-  report (0 rows) so that Commit's every-entry-reported check passes.
+- ``items``: the similar-item rows ``item#<id> / v#<run_id>`` of its item range (``similar_items``
+  per item, exact inner products of the item vectors) and, for the shard starting at item 0, the
+  version's ``meta#popular`` row (:func:`recpipe.serving.items.publish_items`).
 
 Then it writes its report ``runs/<id>/publish/<kind>-<shard:05d>.json`` (row count, top-ups), the
 last thing it does: a report means the rows are written.
@@ -59,6 +60,7 @@ class PublishShardRequest:
     top_n: int
     ttl_days: int
     started_at: datetime | None = None
+    similar_items: int = 0
 
     @classmethod
     def from_event(cls, event: Any) -> PublishShardRequest:
@@ -90,9 +92,13 @@ class PublishShardRequest:
                                  f"{started!r}.") from exc
             if started_at.tzinfo is None:
                 started_at = started_at.replace(tzinfo=UTC)
+        similar = event.get("similar_items", 0)
+        if isinstance(similar, bool) or not isinstance(similar, int) or not 0 <= similar <= 100:
+            raise InputError(
+                f"The PublishShard event's 'similar_items' must be an int in [0, 100], got {similar!r}.")
         entry = shards.ShardEntry.parse(event["shard"], "The PublishShard event's 'shard'")
         return cls(event["run_id"], entry, event["manifest"], event["transform_output"], event["vectors"],
-                   event["reports"], event["top_n"], event["ttl_days"], started_at)
+                   event["reports"], event["top_n"], event["ttl_days"], started_at, similar)
 
 
 @dataclass(frozen=True)
@@ -124,11 +130,16 @@ def _npy(s3: Any, uri: str) -> np.ndarray:
     return array
 
 
-def _dense_vectors(s3: Any, uri: str, rows: int, what: str) -> np.ndarray:
+def _dense_vectors(s3: Any, uri: str, rows: int, what: str, *, by_label: bool = False) -> np.ndarray:
+    """The dense records at ``uri`` as float32 rows; ``by_label``: row i is the record labelled i
+    (Repackage labels each item record with its index)."""
     from recpipe.formats import recordio
+    from recpipe.serving.items import vectors_by_index
 
     try:
-        array, _ = recordio.read_dense(io.BytesIO(runs.get_bytes(s3, uri)))
+        array, labels = recordio.read_dense(io.BytesIO(runs.get_bytes(s3, uri)))
+        if by_label:
+            array = vectors_by_index(array, labels, rows)
     except ValueError as exc:
         raise InputError(f"{uri}: {exc}") from exc
     if array.ndim != 2 or array.shape[0] != rows:
@@ -152,7 +163,8 @@ def _item_tables(s3: Any, manifest_uri: str, vectors_uri: str) -> tuple[list[str
     popularity = _npy(s3, popularity_uri).reshape(-1)
     if popularity.size != n_items:
         raise InputError(f"{popularity_uri} has {popularity.size} entries; the manifest has {n_items} items.")
-    item_vectors = _dense_vectors(s3, runs.join_uri(vectors_uri, ITEMS_FILE), n_items, "item")
+    item_vectors = _dense_vectors(s3, runs.join_uri(vectors_uri, ITEMS_FILE), n_items, "item",
+                                  by_label=True)
     return item_ids, popularity, item_vectors
 
 
@@ -228,17 +240,31 @@ def publish_users(request: PublishShardRequest, *, s3: Any, dynamodb: Any, table
                                generated_at=generated_at)
 
 
+def publish_items(request: PublishShardRequest, *, s3: Any, dynamodb: Any, table: str, now: datetime,
+                  writer: BatchWriter) -> dict[str, Any]:
+    from recpipe.serving import items
+
+    entry = request.shard
+    item_ids, popularity, item_vectors = _item_tables(s3, request.manifest, request.vectors)
+    if entry.stop > len(item_ids):
+        raise InputError(f"The items shard [{entry.start}, {entry.stop}) is beyond the manifest's "
+                         f"{len(item_ids)} items.")
+    generated_at, expires_at = versions.begin_version(dynamodb, table, request.run_id, top_n=request.top_n,
+                                                      ttl_days=request.ttl_days, now=now)
+    result = items.publish_items(item_vectors, item_ids, popularity, start=entry.start, stop=entry.stop,
+                                 similar_items=request.similar_items, top_n=request.top_n,
+                                 run_id=request.run_id, generated_at=generated_at, expires_at=expires_at,
+                                 write=writer.write)
+    return shards.shard_report(request.run_id, entry, **result, generated_at=generated_at)
+
+
 def publish_shard(request: PublishShardRequest, *, s3: Any, dynamodb: Any, table: str,
                   now: datetime | None = None, writer: BatchWriter | None = None) -> dict[str, Any]:
     """Handle one shard entry by kind, then write its report; returns the report."""
     now = request.started_at or now or datetime.now(UTC)
     entry = request.shard
-    if entry.kind == shards.KIND_USERS:
-        report = publish_users(request, s3=s3, dynamodb=dynamodb, table=table, now=now,
-                               writer=writer or BatchWriter(dynamodb, table))
-    else:
-        # Similar items (kind "items") are helper SERVING's part of issue 13; until it lands the
-        # entry is acknowledged with an empty report so that Commit's every-entry check passes.
-        report = shards.shard_report(request.run_id, entry, rows=0, pending="similar items not built yet")
+    publish = publish_users if entry.kind == shards.KIND_USERS else publish_items
+    report = publish(request, s3=s3, dynamodb=dynamodb, table=table, now=now,
+                     writer=writer or BatchWriter(dynamodb, table))
     runs.put_json(s3, shards.report_uri(request.reports, entry.kind, entry.shard), report)
     return report

@@ -40,6 +40,7 @@ STARTED = "2026-03-01T11:59:30.123Z"  # $$.Execution.StartTime: what every child
 STARTED_AT = datetime(2026, 3, 1, 11, 59, 30, 123000, tzinfo=UTC)
 N_USERS, N_ITEMS, K, TOP_N, DIM = 11, 40, 12, 5, 6
 USERS_PER_SHARD = 4
+SIMILAR = 3  # publish.similar_items
 
 
 @dataclass
@@ -165,6 +166,7 @@ def make_run(aws: Aws, run_id: str = "r1", *, seed: int = 0, items_shards: int =
         "top_n": TOP_N,
         "ttl_days": 30,
         "started_at": STARTED,
+        "similar_items": SIMILAR,
     }
     events = [{**common, "shard": entry} for entry in entries]
     if metrics is None:
@@ -256,11 +258,26 @@ def test_each_shard_reports_its_rows_and_items_entries_report_none_yet(aws: Aws)
     run = make_run(aws)
     reports = [run_shard(aws, event) for event in run.events]
     assert [(r["kind"], r["shard"], r["rows"]) for r in reports] == [
-        ("users", 0, 4), ("users", 1, 4), ("users", 2, 3), ("items", 0, 0)]
+        ("users", 0, 4), ("users", 1, 4), ("users", 2, 3), ("items", 0, 20)]
     key = "runs/r1/publish/users-00002.json"
     stored = json.loads(aws.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     assert stored == reports[2] and stored["start"] == 8 and stored["stop"] == 11
     assert get(aws, tables.ACTIVE_KEY) is None  # no child flips anything
+
+
+def test_items_shards_write_similar_items_and_the_popular_row(aws: Aws) -> None:
+    run = make_run(aws, items_shards=2)
+    reports = [run_shard(aws, event) for event in run.events if event["shard"]["kind"] == "items"]
+    assert [(r["shard"], r["start"], r["stop"], r["rows"], r["popular"]) for r in reports] == [
+        (0, 0, 20, 20, True), (1, 20, 40, 20, False)]
+    similar = get(aws, tables.item_key("item-25", "r1"))
+    assert similar is not None and len(similar["items"]) == SIMILAR
+    assert "item-25" not in [e["item_id"] for e in similar["items"]]
+    popular = get(aws, tables.popular_key("r1"))
+    assert popular is not None and popular["generated_at"] == "2026-03-01T11:59:30Z"
+    for event in run.events[:3]:
+        run_shard(aws, event)
+    assert run_commit(aws, run)["shards"] == 5
 
 
 def test_a_child_reads_only_its_shard_and_per_item_files(aws: Aws) -> None:

@@ -310,7 +310,8 @@ def test_publish_is_a_distributed_map_over_the_shard_list_in_s3(asl: dict[str, A
         "shard.$": "$$.Map.Item.Value", "run_id.$": "$.run.run_id", "manifest.$": "$.run.uris.manifest",
         "transform_output.$": "$.run.transform_outputs.serve", "vectors.$": "$.run.publish.vectors",
         "reports.$": "$.run.publish.reports", "top_n.$": "$.run.config.publish.top_n",
-        "ttl_days.$": "$.run.config.publish.version_ttl_days", "started_at.$": "$$.Execution.StartTime"}
+        "ttl_days.$": "$.run.config.publish.version_ttl_days",
+        "similar_items.$": "$.run.config.publish.similar_items", "started_at.$": "$$.Execution.StartTime"}
     child = shard_states(asl)["Publish shard"]
     assert publish["ItemProcessor"]["StartAt"] == "Publish shard" and child["End"] is True
     assert child["Parameters"] == {"FunctionName": "${PublishShardFunctionArn}", "Payload.$": "$"}
