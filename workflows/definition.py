@@ -348,20 +348,7 @@ class _Builder:
         shard.add_retry(self.lambda_retry())
         # The report, not the whole invoke envelope, is what the ResultWriter stores per child.
         self.extra["Publish shard"] = {"ResultSelector": _payload_selector("kind", "shard", "rows")}
-        # The child's input: its shard entry plus the run-wide values (no child reads the run document).
-        item_selector = {
-            "shard.$": "$$.Map.Item.Value",
-            "run_id.$": "$.run.run_id",
-            "manifest.$": "$.run.uris.manifest",
-            "transform_output.$": "$.run.transform_outputs.serve",
-            "vectors.$": "$.run.publish.vectors",
-            "reports.$": "$.run.publish.reports",
-            "top_n.$": "$.run.config.publish.top_n",
-            "ttl_days.$": "$.run.config.publish.version_ttl_days",
-            "similar_items.$": "$.run.config.publish.similar_items",
-            "started_at.$": "$$.Execution.StartTime",
-        }
-        publish = sf.Map("Publish", iterator=sf.Chain([shard]), parameters=item_selector,
+        publish = sf.Map("Publish", iterator=sf.Chain([shard]), parameters=dict(publish_map.ITEM_SELECTOR),
                          result_path="$.publish_map")
         self.rewrite["Publish"] = functools.partial(publish_map.distributed, result_bucket=_ph("DataBucket"))
         commit = self.lambda_task(

@@ -16,6 +16,20 @@ RESULTS_PREFIX = "publish-results"
 # The shard list (processed/shards/serve.json), as the run document's Bucket/Key.
 SHARD_LIST = {"Bucket.$": "$.run.publish.shards.Bucket", "Key.$": "$.run.publish.shards.Key"}
 MAX_CONCURRENCY_PATH = "$.run.config.publish.max_concurrency"
+# Each child's input: its shard entry plus the run-wide values (no child reads the run document);
+# the execution's start time makes every shard, and any retry, write the same generated_at/expires_at.
+ITEM_SELECTOR = {
+    "shard.$": "$$.Map.Item.Value",
+    "run_id.$": "$.run.run_id",
+    "manifest.$": "$.run.uris.manifest",
+    "transform_output.$": "$.run.transform_outputs.serve",
+    "vectors.$": "$.run.publish.vectors",
+    "reports.$": "$.run.publish.reports",
+    "top_n.$": "$.run.config.publish.top_n",
+    "ttl_days.$": "$.run.config.publish.version_ttl_days",
+    "similar_items.$": "$.run.config.publish.similar_items",
+    "started_at.$": "$$.Execution.StartTime",
+}
 
 
 def distributed(state: dict[str, Any], *, result_bucket: str) -> dict[str, Any]:
