@@ -30,6 +30,7 @@ from recpipe import runs, vectors
 from recpipe.formats import recordio
 from recpipe.formats.media_types import RECORDIO_PROTOBUF
 from recpipe.lambda_errors import InputError
+from recpipe.results import shards
 
 ITEMS_FILE = "items.pbr"
 
@@ -124,6 +125,18 @@ def user_rows_file(variant: str, manifest: dict[str, Any]) -> str:
     return "user_rows"
 
 
+def user_ranges(s3: Any, request: RepackageRequest, manifest: dict[str, Any],
+                n_users: int) -> list[tuple[int, int]]:
+    """The user files to write: for the serve variant the user shards of ``shards/serve.json`` when the
+    manifest lists it (the Publish Map's children read one file per shard, named by its range), else
+    ``user_shards`` near-equal ranges."""
+    serve_list = (manifest.get("shards") or {}).get("serve")
+    if request.variant != "serve" or not serve_list:
+        return vectors.shard_ranges(n_users, request.user_shards)
+    uri = runs.join_uri(request.manifest.rsplit("/", 1)[0], serve_list)
+    return [(e.start, e.stop) for e in shards.load_shard_list(s3, uri) if e.kind == shards.KIND_USERS]
+
+
 def repackage(request: RepackageRequest, *, s3: Any) -> dict[str, Any]:
     """Read the model and feature rows, write item and user vectors; return the step's result."""
     manifest = runs.load_manifest(s3, request.manifest)
@@ -147,7 +160,7 @@ def repackage(request: RepackageRequest, *, s3: Any) -> dict[str, Any]:
     _put(s3, items_uri, vectors.item_vectors(item_rows, V, w), np.arange(n_items, dtype=np.float32))
 
     user_files = []
-    for start, stop in vectors.shard_ranges(n_users, request.user_shards):
+    for start, stop in user_ranges(s3, request, manifest, n_users):
         uri = users_prefix + vectors.user_shard_name(start, stop)
         _put(s3, uri, vectors.user_vectors(user_rows[start:stop], V), None)
         user_files.append(uri)

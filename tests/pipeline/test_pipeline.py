@@ -113,9 +113,13 @@ def test_each_variant_trains_fm_repackages_trains_knn_and_transforms(
     with tarfile.open(fm_models[0]) as tar:
         assert tar.getnames()
     user_files = [p for p in (variant_dir / "vectors").rglob("*") if p.is_file() and "user" in p.as_posix()]
-    assert len(user_files) == 4  # Repackage's fixed shard count until it reads shards/serve.json
+    # serve: one file per user shard of processed/shards/serve.json (what the Publish children read);
+    # eval: Repackage's fixed count until it reads shards/eval.json.
+    serve_list = json.loads((pipeline.run_dir / "processed" / "shards" / "serve.json").read_text())
+    expected = sum(e["kind"] == "users" for e in serve_list) if variant == "serve" else 4
+    assert len(user_files) == expected
     outputs = sorted((variant_dir / "transform").rglob("*.out"))
-    assert len(outputs) == 4
+    assert len(outputs) == expected
     records = [json.loads(line) for path in outputs for line in path.read_text().splitlines()]
     assert len(records) == N_USERS
     k = OVERRIDES["publish.top_n"] + OVERRIDES["knn.k_margin"]
