@@ -104,6 +104,11 @@ def _fm_curve(epochs: Mapping[str, Sequence[Mapping[str, Any]]], why_missing: st
             return
         for variant, rows in series:
             names = sorted({name for row in rows for name in row["metrics"]})
+            # The train and test values of one measure (e.g. cross-entropy) make the curve; other
+            # test measures (accuracy, F-beta) live on other scales and are in the final metrics.
+            paired = [n for n in names if n.startswith("train:") and "test:" + n[len("train:"):] in names]
+            if paired:
+                names = [*paired, *("test:" + n[len("train:"):] for n in paired)]
             for name in names:
                 points = [(row["epoch"], row["metrics"][name]) for row in rows if name in row["metrics"]]
                 style = "-" if name.startswith("train") else "--"
