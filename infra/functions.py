@@ -71,10 +71,6 @@ FUNCTION_SPECS: dict[str, FunctionSpec] = {
         memory_mb=3008, timeout_minutes=15, ephemeral_mb=4096, s3_read=(RUNS_PREFIX,),
         s3_write=(RUNS_PREFIX,), table_read=True,
         description="Holdout metrics of the eval variant and the quality-gate threshold"),
-    "Publish": FunctionSpec(
-        memory_mb=3008, timeout_minutes=15, ephemeral_mb=10240, s3_read=(RUNS_PREFIX,),
-        s3_write=(RUNS_PREFIX,), table_read=True, table_write=True,
-        description="Top-N per user into the results table, then flips the active version"),
     # The Publish Map's child (one per shard of shards/serve.json) and the state after the Map.
     # PublishShard reads the active pointer when it begins the version (based_on_run_id).
     "PublishShard": FunctionSpec(
