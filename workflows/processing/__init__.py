@@ -3,8 +3,9 @@
 Runs in the SageMaker Processing prebuilt scikit-learn container (numpy, scipy, pandas; pyarrow
 when present) and locally, unchanged. It imports nothing else than those packages, the standard
 library and the parts of this repository it ships with (:func:`code_files`: this package,
-``recpipe/config.py`` and ``recpipe/formats/recordio.py`` with their package files), staged as a
-tree under ``code/processing/`` and run as ``python3 <code>/workflows/processing/__main__.py``.
+``recpipe/config.py`` and ``recpipe/formats/recordio.py`` with the modules it imports and their
+package files), staged as a tree under ``code/processing/`` and run as
+``python3 <code>/workflows/processing/__main__.py``.
 
 Modules, one job each: ``read`` (config, files, columns: read and validate), ``prepare`` (id maps,
 de-duplication, filters), ``split`` (holdout, seen items), ``features`` (side features, column
@@ -96,9 +97,11 @@ _SHIPPED = (
     "recpipe/__init__.py",
     "recpipe/config.py",
     "recpipe/formats/__init__.py",
+    "recpipe/formats/_recordio_layout.py",
     "recpipe/formats/_source.py",
     "recpipe/formats/exceptions.py",
     "recpipe/formats/recordio.py",
+    "recpipe/formats/recordio_read.py",
     "workflows/__init__.py",
 )
 
