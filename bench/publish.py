@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=300_000)
     parser.add_argument("--users-per-shard", type=int, default=25_000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--similar-items", type=int, default=0,
+                        help="publish.similar_items for the items shards (0: only their popular row)")
     args = parser.parse_args()
 
     import boto3
@@ -175,7 +177,8 @@ def main() -> None:
                    "uris": {"manifest": f"s3://{BUCKET}/runs/bench/processed/manifest.json"},
                    "transform_outputs": {"serve": f"s3://{BUCKET}/runs/bench/serve/transform/"},
                    "config": {"publish": {"top_n": TOP_N, "version_ttl_days": 7,
-                                          "max_concurrency": args.concurrency}},
+                                          "max_concurrency": args.concurrency,
+                                          "similar_items": args.similar_items}},
                    "publish": shards.publish_locations(BUCKET, "bench", f"s3://{BUCKET}/runs/bench/serve/vectors/")}
             sfn = boto3.client("stepfunctions", region_name=REGION)
             with installed({"lambda": lambdas}):
