@@ -256,18 +256,22 @@ def _parse(source: Source) -> tuple[_Parsed, np.ndarray, str]:
     if not parts:
         return _Parsed(np.zeros(0, np.int64), np.zeros(0, np.float32), None, None, None), starts, name
     shapes = np.unique(np.concatenate([p.n_cols for p in parts]))
-    types = {(p.values.dtype.str, None if p.labels is None else p.labels.dtype.str) for p in parts}
-    if shapes.size > 1 or len(types) > 1:
-        raise RecordIOError(
-            f"recordio {name}: records differ in feature shape {shapes.tolist()} or in tensor and "
-            f"label types {sorted(map(str, types))}."
-        )
+    types = {_types(p) for p in parts}
+    if shapes.size > 1:
+        raise RecordIOError(f"recordio {name}: records differ in feature shape {shapes.tolist()}.")
+    if len(types) > 1:  # (within a piece, _parse_chunk names the record; this is across pieces)
+        raise RecordIOError(f"recordio {name}: records differ in tensor types: {'; '.join(sorted(types))}.")
     keys = None
     if any(p.keys is not None for p in parts):
         keys = np.concatenate([_local_columns(p.counts) if p.keys is None else p.keys for p in parts])
     labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])  # type: ignore[misc]
     counts, values = (np.concatenate([getattr(p, k) for p in parts]) for k in ("counts", "values"))
     return _Parsed(counts, values, keys, int(shapes[0]) if shapes.size else None, labels), starts, name
+
+
+def _types(parsed: _Parsed) -> str:
+    labels = "no labels" if parsed.labels is None else f"{parsed.labels.dtype.name} labels"
+    return f"{parsed.values.dtype.name} values, {labels}"
 
 
 def _to_csr(parsed: _Parsed, starts: np.ndarray, name: str) -> sp.csr_matrix:

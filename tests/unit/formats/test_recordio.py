@@ -249,7 +249,7 @@ def _record(tensor: bytes) -> bytes:
         (_sparse_record(False) + _sparse_record(True), r"record 1 \(frame at byte \d+\): expected no label"),
         (
             _sparse_record(False) + _sparse_record(False, 4),
-            r"different feature shapes|feature shape \[3, 4\]",
+            r"^recordio input: records differ in feature shape \[3, 4\]\.$",
         ),
         (
             _good()
@@ -265,6 +265,18 @@ def test_bad_bytes_name_the_record_and_byte(data: bytes, message: str | None) ->
         return
     with pytest.raises(RecordIOError, match=message):
         recordio.read_sparse(data)
+
+
+def test_a_tensor_type_change_between_pieces_is_refused() -> None:
+    """Within a piece of records parsed at once the record is named (above); across pieces, the types."""
+    first = _ours_sparse(sp.csr_matrix(np.eye(1 << 15, 3, dtype=np.float32)), None)  # one whole piece
+    then = _ours_sparse(sp.csr_matrix(np.eye(1, 3, dtype=np.float64)), None)
+    message = (
+        r"^recordio input: records differ in tensor types: float32 values, no labels; "
+        r"float64 values, no labels\.$"
+    )
+    with pytest.raises(RecordIOError, match=message):
+        recordio.read_sparse(first + then)
 
 
 def test_errors_count_records_across_pieces() -> None:
