@@ -15,7 +15,7 @@ import io
 import json
 import math
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from recpipe import runs, topn
-from recpipe.executions.history import ExecutionOutcome
+from recpipe.executions.history import PREPARE_STATE, ExecutionOutcome, StateRun
 
 # ~5,000 users: big enough for several transform mini-batches and a meaningful NDCG, small enough
 # for a run of about half an hour on ml.m5.xlarge instances.
@@ -87,23 +87,25 @@ def write_dataset(root: Path, *, n_users: int = N_USERS, n_items: int = N_ITEMS,
 
 # --- what a run produced ----------------------------------------------------------------------------
 
-def _find(value: Any, key: str, depth: int = 0) -> Any:
-    """The first value of ``key`` anywhere in a JSON-like value (breadth before depth per level)."""
-    if depth > 8:
-        return None
-    if isinstance(value, Mapping):
-        if key in value:
-            return value[key]
-        children: Iterable[Any] = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        return None
-    for child in children:
-        found = _find(child, key, depth + 1)
-        if found is not None:
-            return found
-    return None
+# Where the state machine puts each result (workflows/definition.py, docs/CONTRACTS.md "The state
+# data"): the state that writes it and the path in that state's output. Read there and nowhere else,
+# so a result that moved is a failure here, not silently found somewhere else.
+RUN_AT = (PREPARE_STATE, ("run",))
+FM_ARTIFACT_AT = ("Train FM", ("fm", "model_artifact"))
+KNN_ARTIFACT_AT = ("Train k-NN", ("knn", "model_artifact"))
+VECTORS_AT = ("Repackage", ("vectors",))
+METRICS_AT = ("Evaluate", ("evaluation", "metrics"))
+
+
+def _at(state: StateRun, path: tuple[str, ...]) -> Any:
+    """The value at ``$.<path>`` of the state's output; an AssertionError naming both when absent."""
+    value: Any = state.output
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            where = "$." + ".".join(path)
+            raise AssertionError(f"The output of {state.label} has no {where}: {state.output!r:.300}")
+        value = value[key]
+    return value
 
 
 @dataclass(frozen=True)
@@ -127,20 +129,21 @@ class RunView:
         vectors: dict[str, Mapping[str, Any]] = {}
         metrics = None
         for state in outcome.states:
-            output = state.output if isinstance(state.output, Mapping) else {}
-            if run is None and isinstance(output.get("run"), Mapping):
-                run = output["run"]
+            if state.status != "succeeded":
+                continue
             variant = state.variant or ""
-            if state.name == "Train FM" and output.get("fm"):
-                fm[variant] = str(_find(output["fm"], "model_artifact"))
-            elif state.name == "Train k-NN" and output.get("knn"):
-                knn[variant] = str(_find(output["knn"], "model_artifact"))
-            elif state.name == "Repackage" and isinstance(output.get("vectors"), Mapping):
-                vectors[variant] = output["vectors"]
-            elif state.name == "Evaluate" and output.get("evaluation"):
-                metrics = _find(output["evaluation"], "metrics")
-        if run is None:
-            raise AssertionError("No state output carries the run document ({'run': ...}).")
+            if state.name == RUN_AT[0] and not state.path:
+                run = _at(state, RUN_AT[1])
+            elif state.name == FM_ARTIFACT_AT[0]:
+                fm[variant] = str(_at(state, FM_ARTIFACT_AT[1]))
+            elif state.name == KNN_ARTIFACT_AT[0]:
+                knn[variant] = str(_at(state, KNN_ARTIFACT_AT[1]))
+            elif state.name == VECTORS_AT[0]:
+                vectors[variant] = _at(state, VECTORS_AT[1])
+            elif state.name == METRICS_AT[0] and not state.path:
+                metrics = _at(state, METRICS_AT[1])
+        if not isinstance(run, Mapping):
+            raise AssertionError(f"No succeeded {RUN_AT[0]} state put the run document at $.{RUN_AT[1][0]}.")
         return cls(run_id=str(run["run_id"]), run=run, fm_artifact=fm, knn_artifact=knn, vectors=vectors,
                    metrics=metrics)
 

@@ -115,3 +115,35 @@ def test_storage_types_of_a_real_row_sparse_artifact() -> None:
     params, _ = fm_model._params_bytes(member, where)
     assert mxnet.storage_types(params) == {"arg:v": "row_sparse", "arg:w1_weight": "row_sparse",
                                            "arg:w0_weight": "default (dense)"}
+
+
+def _state(name: str, output: Any, path: tuple[int, ...] = (), variant: str | None = None) -> Any:
+    import datetime as dt
+
+    from recpipe.executions.history import StateRun
+
+    return StateRun(name=name, type="Task", path=path, started=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                    status="succeeded", variant=variant, output=output)
+
+
+def _outcome(fm_output: Any) -> Any:
+    from recpipe.executions.history import ExecutionOutcome
+
+    run = {"run": {"run_id": "r1", "transform_outputs": {}}}
+    return ExecutionOutcome(status="SUCCEEDED", states=[
+        _state("Prepare", run),
+        _state("Train FM", {**run, "fm": fm_output}, (0,), "eval"),
+        _state("Evaluate", {**run, "evaluation": {"metrics": {"ndcg_at_10": 0.5}, "threshold": 0.1}}),
+    ])
+
+
+def test_the_run_view_reads_each_result_where_the_state_machine_puts_it() -> None:
+    from tests.aws.first_run import RunView
+
+    view = RunView.from_outcome(_outcome({"model_artifact": "s3://b/fm/model.tar.gz"}))
+    assert view.run_id == "r1" and view.fm_artifact == {"eval": "s3://b/fm/model.tar.gz"}
+    assert view.metrics == {"ndcg_at_10": 0.5}
+    # the artifact one level deeper than $.fm.model_artifact is not "found anyway"
+    moved = r"The output of Train FM \[eval\] has no \$\.fm\.model_artifact"
+    with pytest.raises(AssertionError, match=moved):
+        RunView.from_outcome(_outcome({"training": {"model_artifact": "s3://b/fm/model.tar.gz"}}))
