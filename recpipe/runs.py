@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from recpipe.lambda_errors import ConfigurationError, InputError, NotFoundError, SchemaVersionError
@@ -193,6 +194,17 @@ def required_file_uri(manifest_uri: str, manifest: dict[str, Any], name: str, st
     return uri
 
 
+def shard_list_uri(manifest_uri: str, manifest: Mapping[str, Any], variant: str, step: str) -> str:
+    """The URI of the variant's shard list (``manifest["shards"][variant]``, e.g.
+    ``shards/serve.json``, relative to the manifest's directory); an InputError when absent
+    (``step`` names who needs it)."""
+    rel = (manifest.get("shards") or {}).get(variant)
+    if not isinstance(rel, str) or not rel:
+        raise InputError(f"The manifest {manifest_uri} lists no 'shards.{variant}' shard list; {step} needs "
+                         "it. Re-run the processing step with the deployed code.")
+    return f"{manifest_uri.rsplit('/', 1)[0]}/{rel}"
+
+
 def load_csr(s3: Any, uri: str, shape: tuple[int, int] | None = None) -> Any:
     """The ``scipy.sparse.save_npz`` matrix at ``uri`` as CSR, its shape checked when given.
 
@@ -209,6 +221,22 @@ def load_csr(s3: Any, uri: str, shape: tuple[int, int] | None = None) -> Any:
     if shape is not None and matrix.shape != tuple(shape):
         raise InputError(f"{uri} has shape {matrix.shape}; expected {tuple(shape)} (from the manifest).")
     return matrix
+
+
+def load_vectors(s3: Any, uri: str, rows: int, what: str) -> Any:
+    """The dense recordio-protobuf vectors at ``uri`` (Repackage's ``items.pbr`` or a user shard) as a
+    float32 array (rows, dim); an InputError when it holds another number of ``what`` vectors."""
+    import numpy as np
+
+    from recpipe.formats import recordio
+
+    try:
+        array, _ = recordio.read_dense(get_bytes(s3, uri))
+    except ValueError as exc:
+        raise InputError(f"{uri} is not dense recordio-protobuf: {exc}") from exc
+    if array.shape[0] != rows:
+        raise InputError(f"{uri} holds {array.shape[0]} {what} vectors; expected {rows}.")
+    return np.asarray(array, dtype=np.float32)
 
 
 def run_prefix(bucket: str, run_id: str) -> str:

@@ -20,8 +20,9 @@ features. With
 which is what a k-NN search with ``INNER_PRODUCT`` returns. ``b_i`` must keep ``P(x_i)``: the AWS
 blog's recipe uses ``b_i = w_i`` alone, which is only right while items are bare one-hot ids.
 
-User shards: the user inference set is split into contiguous index ranges, one recordio file
-each, named by their range (:func:`user_shard_name`). The batch transform writes
+User shards: the user inference set is split into contiguous index ranges (the processing step's
+shard list; :func:`check_tiling`), one recordio file each, named by their range
+(:func:`user_shard_name`). The batch transform writes
 ``<input name>.out`` with one line per input record in input order, so a transform output file's
 name alone says which user indices its lines hold (:func:`parse_user_shard`), whatever order the
 files are listed in.
@@ -39,6 +40,7 @@ import scipy.sparse as sp
 
 __all__ = [
     "check_disjoint_columns",
+    "check_tiling",
     "fm_parameters",
     "item_vectors",
     "parse_user_shard",
@@ -94,24 +96,32 @@ def self_interaction(rows: sp.spmatrix | sp.sparray | np.ndarray, V: np.ndarray,
     return np.asarray(0.5 * ((proj * proj).sum(axis=1) - x.multiply(x) @ squared_norms)).reshape(-1)
 
 
+def _used(rows: sp.csr_matrix, V: np.ndarray, dtype: type) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """``(rows[:, cols], V[cols], cols)`` for the columns the rows use: the product touches only
+    those factor rows, so no copy of the whole (users + items + features) x k model is made."""
+    cols = np.unique(rows.indices)
+    return rows[:, cols].astype(dtype), np.asarray(V[cols], dtype=dtype), cols
+
+
 def item_vectors(item_rows: sp.spmatrix | sp.sparray | np.ndarray, V: np.ndarray,
                  w: np.ndarray) -> np.ndarray:
-    """``concat(V^T x_i, b_i)`` per item, float32 (n_items, k + 1); ``b_i = w.x_i + P(x_i)``."""
-    x = _csr(item_rows)
-    V64 = np.asarray(V, dtype=np.float64)
-    proj = x @ V64
-    bias = x @ np.asarray(w, dtype=np.float64).reshape(-1) + self_interaction(x, V64, proj)
-    out = np.empty((x.shape[0], V64.shape[1] + 1), dtype=np.float32)
+    """``concat(V^T x_i, b_i)`` per item, float32 (n_items, k + 1); ``b_i = w.x_i + P(x_i)``
+    (computed in float64 over the item columns only)."""
+    x, V_used, cols = _used(sp.csr_matrix(item_rows), V, np.float64)
+    proj = x @ V_used
+    bias = x @ np.asarray(w, dtype=np.float64).reshape(-1)[cols] + self_interaction(x, V_used, proj)
+    out = np.empty((x.shape[0], V_used.shape[1] + 1), dtype=np.float32)
     out[:, :-1] = proj
     out[:, -1] = bias
     return out
 
 
 def user_vectors(user_rows: sp.spmatrix | sp.sparray | np.ndarray, V: np.ndarray) -> np.ndarray:
-    """``concat(V^T x_u, 1)`` per user, float32 (n_users, k + 1). Call it per shard for large sets."""
-    x = _csr(user_rows)
+    """``concat(V^T x_u, 1)`` per user, float32 (n_users, k + 1), computed in float32 over the
+    columns the rows use. Call it per shard for large sets."""
+    x, V_used, _ = _used(sp.csr_matrix(user_rows), V, np.float32)
     out = np.empty((x.shape[0], V.shape[1] + 1), dtype=np.float32)
-    out[:, :-1] = x @ np.asarray(V, dtype=np.float64)
+    out[:, :-1] = x @ V_used
     out[:, -1] = 1.0
     return out
 
@@ -123,16 +133,37 @@ def user_only_terms(user_rows: sp.spmatrix | sp.sparray | np.ndarray, V: np.ndar
     return np.asarray(w0 + x @ np.asarray(w, dtype=np.float64).reshape(-1) + self_interaction(x, V))
 
 
-def check_disjoint_columns(user_rows: sp.spmatrix | sp.sparray, item_rows: sp.spmatrix | sp.sparray) -> None:
-    """The decomposition needs users and items to use different feature columns."""
+def check_disjoint_columns(user_rows: sp.spmatrix | sp.sparray,
+                           item_rows: sp.spmatrix | sp.sparray | np.ndarray) -> None:
+    """The decomposition needs users and items to use different feature columns. ``item_rows`` may
+    also be the item rows' column indices (as :func:`numpy.unique` of their ``indices``)."""
     user_cols = np.unique(sp.csr_matrix(user_rows).indices)
-    item_cols = np.unique(sp.csr_matrix(item_rows).indices)
+    if isinstance(item_rows, np.ndarray) and item_rows.ndim == 1:
+        item_cols = np.unique(item_rows)
+    else:
+        item_cols = np.unique(sp.csr_matrix(item_rows).indices)
     shared = np.intersect1d(user_cols, item_cols, assume_unique=True)
     if shared.size:
         raise ValueError(
             f"User and item feature rows share {shared.size} column(s) (first: {int(shared[0])}); the "
             "FM score only splits into user . item vectors when their columns are disjoint."
         )
+
+
+def check_tiling(ranges: list[tuple[int, int]], n: int) -> None:
+    """The ``(start, stop)`` ranges (any order) cover ``[0, n)`` exactly once; a ValueError names
+    the first gap or overlap."""
+    expected = 0
+    for start, stop in sorted(ranges):
+        if start > expected:
+            raise ValueError(f"users [{expected}, {start}) are in no shard: the shards must cover all "
+                             f"{n} users exactly once.")
+        if start < expected:
+            raise ValueError(f"the shard [{start}, {stop}) overlaps the previous one, which ends at "
+                             f"{expected}.")
+        expected = stop
+    if expected != n:
+        raise ValueError(f"the shards cover users [0, {expected}) but there are {n}.")
 
 
 def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:

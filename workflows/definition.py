@@ -371,12 +371,10 @@ class _Builder:
         repackage = self.lambda_task(
             "Repackage", "Repackage",
             {"run_id.$": "$.run_id", "variant.$": "$.variant.name", "model_artifact.$": "$.fm.model_artifact",
-             "manifest.$": "$.manifest", "output_prefix.$": "$.variant.vectors",
-             # transform.user_shards is gone; Repackage keeps its old default until it reads
-             # processed/shards/serve.json (STATES).
-             "user_shards": 4},
+             "manifest.$": "$.manifest", "output_prefix.$": "$.variant.vectors"},
             result_path="$.vectors",
-            selector=_payload_selector("items_prefix", "users_prefix", "dimension", "n_items", "n_users"))
+            selector=_payload_selector("items_prefix", "users_prefix", "dimension", "n_items", "n_users",
+                                       "n_shards"))
         train_knn = self.train_knn()
         create_model = self.create_model()
         transform = self.batch_transform()
@@ -419,6 +417,7 @@ class _Builder:
         evaluate = self.lambda_task(
             "Evaluate", "Evaluate",
             {"run_id.$": "$.run.run_id", "transform_output.$": "$.run.transform_outputs.eval",
+             "vectors.$": "$.run.vectors.eval",
              "manifest.$": "$.run.uris.manifest", "k": 10,
              "min_ndcg_at_10.$": "$.run.config.evaluation.min_ndcg_at_10",
              "max_regression.$": "$.run.config.evaluation.max_regression",

@@ -1,5 +1,5 @@
-"""Repackage Lambda: ``{"run_id", "variant", "model_artifact", "manifest", "output_prefix", "user_shards"}``
--> ``{"items_prefix", "users_prefix", "dimension", "n_items", "n_users", "user_files"}``."""
+"""Repackage Lambda: ``{"run_id", "variant", "model_artifact", "manifest", "output_prefix"}``
+-> ``{"items_prefix", "users_prefix", "dimension", "n_items", "n_users", "n_shards"}``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,5 @@ def _s3() -> Any:
 def lambda_handler(event: dict[str, Any], context: Any, *, s3: Any = None) -> dict[str, Any]:
     request = RepackageRequest.from_event(event)
     result = repackage(request, s3=s3 or _s3())
-    logger.info("Repackaged", extra={"run_id": request.run_id, "variant": request.variant,
-                                     **{k: v for k, v in result.items() if k != "user_files"},
-                                     "user_files": len(result["user_files"])})
+    logger.info("Repackaged", extra={"run_id": request.run_id, "variant": request.variant, **result})
     return result

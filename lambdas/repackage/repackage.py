@@ -3,18 +3,24 @@
 Writes, under ``output_prefix``:
 
 - ``items/items.pbr``: one dense recordio-protobuf record per item, ``concat(V^T x_i, b_i)``, label =
-  the item index (float32, exact below 2**24 items): the k-NN model returns these labels;
-- ``users/users-<start>-<stop>.pbr``: the user vectors ``concat(V^T x_u, 1)`` of user indices
-  ``[start, stop)`` in index order, no labels (batch transform does not read any), split into
-  ``user_shards`` contiguous ranges (fewer when there are fewer users). The batch transform names
-  its output after the input file, so Publish and Evaluate read the user range back from the name
-  (:mod:`recpipe.vectors`).
+  the item index (float32, exact below 2**24 items): the k-NN model returns these labels. Every
+  item is written exactly once, in index order (checked before the upload): the k-NN index, trained
+  on one instance with ``sample_size = n_items`` (Plan), then covers every item once;
+- ``users/users-<start:010d>-<stop:010d>.pbr``: per user shard of the variant's shard list
+  (``processed/shards/<variant>.json``, written by the processing step), the vectors
+  ``concat(V^T x_u, 1)`` of its rows in order, no labels (batch transform reads none). ``start``/
+  ``stop`` are the shard list's: user indices for ``serve``, positions in the evaluation sample for
+  ``eval``. The batch transform names its output ``<input>.out``, so Publish and Evaluate find a
+  shard's output (and these vectors) by its range (:mod:`recpipe.vectors`).
+
+Memory: float32 throughout for users; one shard's rows and vectors at a time, plus the item
+vectors and the model. Only the factor rows a shard's features use are touched (``V[columns]``),
+so no full-size copy of the model is made. The returned payload is the same few hundred bytes
+whatever the shard count.
 
 Objects a previous attempt left under ``items/`` or ``users/`` that this attempt did not write are
-deleted, so a retry with another shard count cannot leave overlapping shards behind.
-
-Memory: the user vectors are computed and encoded one shard at a time (a 1M-user, 65-dim set in 4
-shards holds ~65 MB of vectors at once, plus its encoding).
+deleted (a changed shard size must not leave overlapping shards behind); a key DeleteObjects
+reports as not deleted fails the step, naming the keys.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from recpipe.lambda_errors import InputError
 from recpipe.results import shards
 
 ITEMS_FILE = "items.pbr"
+DELETE_BATCH = 1000  # DeleteObjects' limit per call
 
 
 @dataclass(frozen=True)
@@ -44,33 +51,26 @@ class RepackageRequest:
     model_artifact: str
     manifest: str
     output_prefix: str
-    user_shards: int
 
     @classmethod
     def from_event(cls, event: Any) -> RepackageRequest:
         if not isinstance(event, Mapping):
             raise InputError(f"The Repackage event must be a JSON object, got {type(event).__name__}.")
-        required = ("run_id", "variant", "model_artifact", "manifest", "output_prefix", "user_shards")
+        required = ("run_id", "variant", "model_artifact", "manifest", "output_prefix")
         missing = [key for key in required if key not in event]
         if missing:
             raise InputError(f"The Repackage event lacks {', '.join(repr(k) for k in missing)}.")
-        for key in required[:-1]:
+        for key in required:
             if not isinstance(event[key], str) or not event[key]:
                 raise InputError(
                     f"The Repackage event's {key!r} must be a non-empty string, got {event[key]!r}."
                 )
         for key in ("model_artifact", "manifest", "output_prefix"):
             runs.parse_s3_uri(event[key])
-        shards = event["user_shards"]
-        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 1000:
-            raise InputError(
-                f"The Repackage event's 'user_shards' must be an int in [1, 1000], got {shards!r}."
-            )
-        return cls(event["run_id"], event["variant"], event["model_artifact"], event["manifest"],
-                   event["output_prefix"], shards)
+        return cls(*(event[key] for key in required))
 
 
-def _count(manifest_uri: str, manifest: dict[str, Any], name: str) -> int:
+def _count(manifest_uri: str, manifest: Mapping[str, Any], name: str) -> int:
     value = (manifest.get("counts") or {}).get(name) if name != "feature_dim" else manifest.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         where = name if name == "feature_dim" else f"counts.{name}"
@@ -87,6 +87,7 @@ def load_model(s3: Any, uri: str, feature_dim: int) -> tuple[np.ndarray, np.ndar
         V, w, b = load_fm_model(io.BytesIO(raw))
     except (ValueError, OSError, KeyError) as exc:
         raise InputError(f"{uri} is not a Factorization Machines model artifact: {exc}") from exc
+    del raw
     try:
         return vectors.fm_parameters(V, w, b, feature_dim=feature_dim)
     except ValueError as exc:
@@ -101,7 +102,12 @@ def _put(s3: Any, uri: str, array: np.ndarray, labels: np.ndarray | None) -> Non
     s3.upload_fileobj(buf, bucket, key, ExtraArgs={"ContentType": RECORDIO_PROTOBUF})
 
 
-def _delete_stale(s3: Any, prefix: str, keep: set[str]) -> list[str]:
+def delete_stale(s3: Any, prefix: str, keep: set[str]) -> list[str]:
+    """Delete every object under ``prefix`` whose URI is not in ``keep``; returns the deleted keys.
+
+    DeleteObjects answers 200 even when keys fail (access denied, ...), listing them under
+    ``Errors``: those fail the step with an InputError naming them (a stale shard left behind would
+    be read as this run's)."""
     bucket, key_prefix = runs.parse_s3_uri(prefix)
     stale = [
         obj["Key"]
@@ -109,68 +115,75 @@ def _delete_stale(s3: Any, prefix: str, keep: set[str]) -> list[str]:
         for obj in page.get("Contents", [])
         if runs.s3_uri(bucket, obj["Key"]) not in keep
     ]
-    for start in range(0, len(stale), 1000):
-        chunk = stale[start:start + 1000]
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+    failed: list[str] = []
+    for start in range(0, len(stale), DELETE_BATCH):
+        chunk = stale[start:start + DELETE_BATCH]
+        answer = s3.delete_objects(Bucket=bucket,
+                                   Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+        failed += [f"{e.get('Key')} ({e.get('Code')}: {e.get('Message')})" for e in answer.get("Errors", [])]
+    if failed:
+        shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise InputError(f"Could not delete {len(failed)} stale object(s) a previous attempt left under "
+                         f"s3://{bucket}/{key_prefix}: {shown}. Delete them (the role needs "
+                         "s3:DeleteObject on the run prefix) and retry.")
     return stale
 
 
-def user_rows_file(variant: str, manifest: dict[str, Any]) -> str:
-    """The manifest file holding the variant's user rows. With a sequence context
-    (``processing.context_items``) a user's row ends with their most recent interactions, which
-    differ between the training part (the "eval" variant: ``user_rows_train``) and all data (the
-    "serve" variant: ``user_rows``). Manifests without ``user_rows_train`` have one set of rows."""
-    if variant == "eval" and (manifest.get("files") or {}).get("user_rows_train"):
-        return "user_rows_train"
-    return "user_rows"
-
-
-def user_ranges(s3: Any, request: RepackageRequest, manifest: dict[str, Any],
-                n_users: int) -> list[tuple[int, int]]:
-    """The user files to write: for the serve variant the user shards of ``shards/serve.json`` when the
-    manifest lists it (the Publish Map's children read one file per shard, named by its range), else
-    ``user_shards`` near-equal ranges."""
-    serve_list = (manifest.get("shards") or {}).get("serve")
-    if request.variant != "serve" or not serve_list:
-        return vectors.shard_ranges(n_users, request.user_shards)
-    uri = runs.join_uri(request.manifest.rsplit("/", 1)[0], serve_list)
-    return [(e.start, e.stop) for e in shards.load_shard_list(s3, uri) if e.kind == shards.KIND_USERS]
+def user_shards(s3: Any, manifest_uri: str, manifest: Mapping[str, Any], variant: str,
+                step: str) -> tuple[list[shards.ShardEntry], int]:
+    """The variant's user shards (in order, checked to tile its users) and its user count:
+    ``counts.users`` for ``serve``, ``counts.eval_users`` (the evaluation sample) for ``eval``."""
+    uri = runs.shard_list_uri(manifest_uri, manifest, variant, step)
+    n_users = _count(manifest_uri, manifest, "eval_users" if variant == "eval" else "users")
+    entries = [e for e in shards.load_shard_list(s3, uri) if e.kind == shards.KIND_USERS]
+    try:
+        vectors.check_tiling([(e.start, e.stop) for e in entries], n_users)
+    except ValueError as exc:
+        raise InputError(f"{uri}: {exc}") from exc
+    return sorted(entries, key=lambda e: e.start), n_users
 
 
 def repackage(request: RepackageRequest, *, s3: Any) -> dict[str, Any]:
-    """Read the model and feature rows, write item and user vectors; return the step's result."""
+    """Read the model, the item rows and one user shard at a time; write the vectors; return the
+    step's (small) result."""
     manifest = runs.load_manifest(s3, request.manifest)
     feature_dim = _count(request.manifest, manifest, "feature_dim")
-    n_users = _count(request.manifest, manifest, "users")
     n_items = _count(request.manifest, manifest, "items")
-    user_rows, item_rows = (
-        runs.load_csr(s3, runs.required_file_uri(request.manifest, manifest, name, "Repackage"),
-                      (n, feature_dim))
-        for name, n in ((user_rows_file(request.variant, manifest), n_users), ("item_rows", n_items))
-    )
-    try:
-        vectors.check_disjoint_columns(user_rows, item_rows)
-    except ValueError as exc:
-        raise InputError(f"{request.manifest}: {exc}") from exc
+    entries, n_users = user_shards(s3, request.manifest, manifest, request.variant, "Repackage")
+    item_rows_uri = runs.required_file_uri(request.manifest, manifest, "item_rows", "Repackage")
+    item_rows = runs.load_csr(s3, item_rows_uri, (n_items, feature_dim))
     V, w, _ = load_model(s3, request.model_artifact, feature_dim)
 
     items_prefix = runs.prefix_uri(request.output_prefix, "items")
     users_prefix = runs.prefix_uri(request.output_prefix, "users")
     items_uri = items_prefix + ITEMS_FILE
-    _put(s3, items_uri, vectors.item_vectors(item_rows, V, w), np.arange(n_items, dtype=np.float32))
+    item_vectors = vectors.item_vectors(item_rows, V, w)
+    if item_vectors.shape[0] != n_items:  # the k-NN index must hold every item, once
+        raise InputError(f"{request.manifest}: {item_vectors.shape[0]} item vectors for {n_items} items.")
+    _put(s3, items_uri, item_vectors, np.arange(n_items, dtype=np.float32))
+    item_columns = np.unique(item_rows.indices)
+    del item_rows, item_vectors
 
-    user_files = []
-    for start, stop in user_ranges(s3, request, manifest, n_users):
-        uri = users_prefix + vectors.user_shard_name(start, stop)
-        _put(s3, uri, vectors.user_vectors(user_rows[start:stop], V), None)
-        user_files.append(uri)
-    _delete_stale(s3, items_prefix, {items_uri})
-    _delete_stale(s3, users_prefix, set(user_files))
+    processed = request.manifest.rsplit("/", 1)[0]
+    written = set()
+    for entry in entries:
+        assert entry.prefix is not None  # a users entry always has one (ShardEntry.parse)
+        rows_uri = runs.join_uri(processed, entry.prefix, "user_rows.npz")
+        rows = runs.load_csr(s3, rows_uri, (entry.size, feature_dim))
+        try:
+            vectors.check_disjoint_columns(rows, item_columns)
+        except ValueError as exc:
+            raise InputError(f"{rows_uri}: {exc}") from exc
+        uri = users_prefix + vectors.user_shard_name(entry.start, entry.stop)
+        _put(s3, uri, vectors.user_vectors(rows, V), None)
+        written.add(uri)
+    delete_stale(s3, items_prefix, {items_uri})
+    delete_stale(s3, users_prefix, written)
     return {
         "items_prefix": items_prefix,
         "users_prefix": users_prefix,
         "dimension": int(V.shape[1]) + 1,
         "n_items": n_items,
         "n_users": n_users,
-        "user_files": user_files,
+        "n_shards": len(entries),
     }

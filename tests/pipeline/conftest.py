@@ -31,6 +31,7 @@ OVERRIDES: dict[str, Any] = {
     "fm.mini_batch_size": 200,
     "publish.top_n": 5,
     "knn.k_margin": 20,
+    "processing.users_per_shard": 25,  # several shards: Repackage, the transform, Evaluate, Publish
 }
 
 

@@ -112,16 +112,19 @@ def test_each_variant_trains_fm_repackages_trains_knn_and_transforms(
     assert re.fullmatch(rf"recpipe-.*-{variant}-fm-0-0", fm_models[0].parent.parent.name)  # first attempt
     with tarfile.open(fm_models[0]) as tar:
         assert tar.getnames()
-    user_files = [p for p in (variant_dir / "vectors").rglob("*") if p.is_file() and "user" in p.as_posix()]
-    # serve: one file per user shard of processed/shards/serve.json (what the Publish children read);
-    # eval: Repackage's fixed count until it reads shards/eval.json.
-    serve_list = json.loads((pipeline.run_dir / "processed" / "shards" / "serve.json").read_text())
-    expected = sum(e["kind"] == "users" for e in serve_list) if variant == "serve" else 4
-    assert len(user_files) == expected
+    manifest_path = _local(pipeline, _run_doc(pipeline)["uris"]["manifest"])
+    manifest = json.loads(manifest_path.read_text())
+    shards = [e for e in json.loads((manifest_path.parent / manifest["shards"][variant]).read_text())
+              if e["kind"] == "users"]
+    users = manifest["counts"]["users" if variant == "serve" else "eval_users"]
+    assert 0 < users <= N_USERS and len(shards) > 1  # conftest: a small processing.users_per_shard
+    # Repackage writes one user vector file per shard of the variant's list, the transform one output each.
+    names = sorted(f"users-{e['start']:010d}-{e['stop']:010d}.pbr" for e in shards)
+    assert sorted(p.name for p in (variant_dir / "vectors" / "users").iterdir()) == names
     outputs = sorted((variant_dir / "transform").rglob("*.out"))
-    assert len(outputs) == expected
+    assert [p.name for p in outputs] == [f"{name}.out" for name in names]
     records = [json.loads(line) for path in outputs for line in path.read_text().splitlines()]
-    assert len(records) == N_USERS
+    assert len(records) == users
     k = OVERRIDES["publish.top_n"] + OVERRIDES["knn.k_margin"]
     for record in records:
         assert len(record["labels"]) == len(record["distances"]) == min(k, N_ITEMS)

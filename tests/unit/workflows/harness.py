@@ -92,7 +92,7 @@ def stub_lambdas(h: Harness) -> Callable[[TaskCall], Any]:
     def repackage(e: dict[str, Any]) -> dict[str, Any]:
         out = e["output_prefix"]
         return {"items_prefix": runs.prefix_uri(out, "items"), "users_prefix": runs.prefix_uri(out, "users"),
-                "dimension": 65, "n_items": N_ITEMS, "n_users": N_USERS,
+                "dimension": 65, "n_items": N_ITEMS, "n_users": N_USERS, "n_shards": 1,
                 "user_files": [runs.join_uri(out, "users", "part-0")]}
 
     def evaluate(e: dict[str, Any]) -> dict[str, Any]:

@@ -219,6 +219,7 @@ def test_data_flow_of_the_top_level(asl: dict[str, Any]) -> None:
                                                 "Next": "Evaluate"}
     evaluate = lambda_payload(top["Evaluate"])
     assert evaluate["transform_output.$"] == "$.run.transform_outputs.eval"
+    assert evaluate["vectors.$"] == "$.run.vectors.eval"
     assert evaluate["metrics_output.$"] == "$.run.uris.metrics"
     assert evaluate["k"] == 10
     assert evaluate["min_ndcg_at_10.$"] == "$.run.config.evaluation.min_ndcg_at_10"
@@ -258,8 +259,9 @@ def test_data_flow_inside_the_map(asl: dict[str, Any]) -> None:
     repackage = lambda_payload(inner["Repackage"])
     assert repackage == {"run_id.$": "$.run_id", "variant.$": "$.variant.name",
                          "model_artifact.$": "$.fm.model_artifact", "manifest.$": "$.manifest",
-                         "output_prefix.$": "$.variant.vectors",
-                         "user_shards": 4}
+                         "output_prefix.$": "$.variant.vectors"}
+    assert set(inner["Repackage"]["ResultSelector"]) == {
+        f"{k}.$" for k in ("items_prefix", "users_prefix", "dimension", "n_items", "n_users", "n_shards")}
     assert inner["Repackage"]["ResultPath"] == "$.vectors"
 
     knn = inner["Train k-NN"]["Parameters"]

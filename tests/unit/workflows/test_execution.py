@@ -58,7 +58,7 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
     assert repackage["serve"] == {
         "run_id": run_id, "variant": "serve", "manifest": f"{root}/processed/manifest.json",
         "model_artifact": f"{root}/serve/fm/recpipe-{run_id}-serve-fm-0-0/output/model.tar.gz",
-        "output_prefix": f"{root}/serve/vectors/", "user_shards": 4}
+        "output_prefix": f"{root}/serve/vectors/"}
 
     knn = by_variant(calls.of("Train k-NN"), "TrainingJobName")
     channel = knn["eval"]["InputDataConfig"][0]
@@ -80,7 +80,8 @@ def test_default_run_trains_both_variants_and_publishes_serve(harness: Harness) 
 
     evaluate = calls.of("Evaluate")[0]
     assert evaluate == {"run_id": run_id, "transform_output": f"{root}/eval/transform/",
-                        "manifest": f"{root}/processed/manifest.json", "k": 10, "min_ndcg_at_10": 0.0,
+                        "vectors": f"{root}/eval/vectors/", "manifest": f"{root}/processed/manifest.json",
+                        "k": 10, "min_ndcg_at_10": 0.0,
                         "max_regression": 0.02, "metrics_output": f"{root}/metrics.json"}
     children = sorted(calls.of("Publish shard"), key=lambda c: (c["shard"]["kind"], c["shard"]["shard"]))
     assert [c["shard"] for c in children] == sorted(SERVE_SHARDS, key=lambda e: (e["kind"], e["shard"]))
