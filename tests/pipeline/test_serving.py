@@ -1,12 +1,17 @@
 """What the pipeline publishes, read through the API handler (as ``recpipe serve`` and the deployed
-API do), after one local run (the session's ``pipeline``)."""
+API do), and the run's report: after one local run (the session's ``pipeline``)."""
 
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
+from typer.testing import CliRunner
+
 from lambdas.api.handler import lambda_handler
+from recpipe.cli import app
 from recpipe.local.dynamodb import client
 from recpipe.results import read
 from recpipe.serving import Reader
@@ -45,3 +50,30 @@ def test_unknown_users_get_a_fallback_that_recent_items_change(pipeline: Pipelin
     status, similar = _get(pipeline, "/similar/i3?n=5")
     assert status == 200 and len(similar["items"]) == 5
     assert "i3" not in [e["item_id"] for e in similar["items"]]
+
+
+class _Figures(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.svg_in: list[str] = []
+        self.current: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "figure":
+            self.current = dict(attrs).get("id")
+        elif tag == "svg" and self.current:
+            self.svg_in.append(self.current)
+
+
+def test_the_report_of_the_run_has_its_plots_with_data(pipeline: PipelineRun, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", str(pipeline.run_id), "--workdir", str(pipeline.workdir),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note:" not in result.output  # every input was there: metrics, evaluation data, epochs
+    parser = _Figures()
+    text = out.read_text()
+    parser.feed(text)
+    assert {"plot-metrics-over-runs", "plot-ndcg-by-activity", "plot-fm-training-curve", "plot-long-tail",
+            "plot-score-distribution"} <= set(parser.svg_in)
+    assert "No per-epoch FM metrics" not in text and "No evaluation report" not in text
