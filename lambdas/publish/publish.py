@@ -29,7 +29,6 @@ import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -189,13 +188,6 @@ def load_shard(s3: Any, request: PublishShardRequest) -> ShardInputs:
 _NULL = {"NULL": True}
 
 
-def _number(value: float) -> str:
-    """A score as a DynamoDB number: float32 precision (7 significant digits), exponents as Decimal
-    spells them (``1.5E-7``)."""
-    text = f"{value:.7g}"
-    return str(Decimal(text)) if "e" in text else text
-
-
 def user_rows(ranked: topn.Ranked, user_ids: list[str], item_attributes: list[dict[str, str]], run_id: str,
               generated_at: str, expires_at: int) -> Iterator[dict[str, Any]]:
     """Low-level DynamoDB items of ``user_ids`` (one per row of ``ranked``, same order).
@@ -213,7 +205,7 @@ def user_rows(ranked: topn.Ranked, user_ids: list[str], item_attributes: list[di
     for user_id, (row_items, row_scores) in zip(user_ids, rows, strict=True):
         entries = [
             {"M": {"item_id": item_attributes[item],
-                   "score": _NULL if score != score else {"N": _number(score)}}}
+                   "score": _NULL if score != score else {"N": tables.score_number(score)}}}
             for item, score in zip(row_items, row_scores, strict=True)
             if item >= 0
         ]
