@@ -223,17 +223,22 @@ def load_csr(s3: Any, uri: str, shape: tuple[int, int] | None = None) -> Any:
     return matrix
 
 
-def load_vectors(s3: Any, uri: str, rows: int, what: str) -> Any:
+def load_vectors(s3: Any, uri: str, rows: int, what: str, *, by_label: bool = False) -> Any:
     """The dense recordio-protobuf vectors at ``uri`` (Repackage's ``items.pbr`` or a user shard) as a
-    float32 array (rows, dim); an InputError when it holds another number of ``what`` vectors."""
+    float32 array (rows, dim); ``by_label``: row i is the record labelled i (Repackage labels each item
+    record with its index; every index must appear once). An InputError when it holds another number
+    of ``what`` vectors."""
     import numpy as np
 
     from recpipe.formats import recordio
+    from recpipe.vectors import vectors_by_index
 
     try:
-        array, _ = recordio.read_dense(get_bytes(s3, uri))
+        array, labels = recordio.read_dense(get_bytes(s3, uri))
+        if by_label:
+            array = vectors_by_index(array, labels, rows)
     except ValueError as exc:
-        raise InputError(f"{uri} is not dense recordio-protobuf: {exc}") from exc
+        raise InputError(f"{uri} is not the expected dense recordio-protobuf: {exc}") from exc
     if array.shape[0] != rows:
         raise InputError(f"{uri} holds {array.shape[0]} {what} vectors; expected {rows}.")
     return np.asarray(array, dtype=np.float32)

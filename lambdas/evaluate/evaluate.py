@@ -164,7 +164,8 @@ def evaluate(event: dict[str, Any], *, s3: Any, dynamodb: Any, table: str) -> di
     entries, _ = user_shards(s3, manifest_uri, manifest, "eval", "Evaluate")
     popularity = _npy(s3, runs.required_file_uri(manifest_uri, manifest, "popularity_train", "Evaluate"),
                       n_items)
-    item_vectors = runs.load_vectors(s3, runs.join_uri(vectors_prefix, "items", "items.pbr"), n_items, "item")
+    item_vectors = runs.load_vectors(s3, runs.join_uri(vectors_prefix, "items", "items.pbr"), n_items, "item",
+                                     by_label=True)
     bucket, out_key = runs.parse_s3_uri(runs.prefix_uri(transform_output))
     processed = manifest_uri.rsplit("/", 1)[0]
 

@@ -129,24 +129,6 @@ def _npy(s3: Any, uri: str) -> np.ndarray:
     return array
 
 
-def _dense_vectors(s3: Any, uri: str, rows: int, what: str, *, by_label: bool = False) -> np.ndarray:
-    """The dense records at ``uri`` as float32 rows; ``by_label``: row i is the record labelled i
-    (Repackage labels each item record with its index)."""
-    from recpipe.formats import recordio
-    from recpipe.serving.items import vectors_by_index
-
-    try:
-        array, labels = recordio.read_dense(io.BytesIO(runs.get_bytes(s3, uri)))
-        if by_label:
-            array = vectors_by_index(array, labels, rows)
-    except ValueError as exc:
-        raise InputError(f"{uri}: {exc}") from exc
-    if array.ndim != 2 or array.shape[0] != rows:
-        found = array.shape[0] if array.ndim else 0
-        raise InputError(f"{uri} holds {found} {what} vectors; expected {rows}.")
-    return np.asarray(array, dtype=np.float32)
-
-
 @functools.lru_cache(maxsize=2)
 def _item_tables(s3: Any, manifest_uri: str, vectors_uri: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Item ids, popularity and item vectors: the same for every shard of a run, so a warm Lambda
@@ -162,8 +144,8 @@ def _item_tables(s3: Any, manifest_uri: str, vectors_uri: str) -> tuple[list[str
     popularity = _npy(s3, popularity_uri).reshape(-1)
     if popularity.size != n_items:
         raise InputError(f"{popularity_uri} has {popularity.size} entries; the manifest has {n_items} items.")
-    item_vectors = _dense_vectors(s3, runs.join_uri(vectors_uri, ITEMS_FILE), n_items, "item",
-                                  by_label=True)
+    item_vectors = runs.load_vectors(s3, runs.join_uri(vectors_uri, ITEMS_FILE), n_items, "item",
+                                     by_label=True)
     return item_ids, popularity, item_vectors
 
 
@@ -181,7 +163,7 @@ def load_shard(s3: Any, request: PublishShardRequest) -> ShardInputs:
     name = vectors.user_shard_name(entry.start, entry.stop)
     bucket, key = runs.parse_s3_uri(runs.join_uri(request.transform_output, name + ".out"))
     labels, _ = topn.read_part(s3, topn.TransformPart(bucket, key, entry.start, entry.stop))
-    user_vectors = _dense_vectors(s3, runs.join_uri(request.vectors, USERS_DIR, name), entry.size, "user")
+    user_vectors = runs.load_vectors(s3, runs.join_uri(request.vectors, USERS_DIR, name), entry.size, "user")
     return ShardInputs(user_ids, labels, user_vectors, item_vectors, seen, popularity, item_ids)
 
 

@@ -107,23 +107,6 @@ def popular_row(popularity: np.ndarray, item_ids: Sequence[str], top: int, simil
     }
 
 
-def vectors_by_index(vectors: np.ndarray, labels: np.ndarray | None, n_items: int) -> np.ndarray:
-    """Repackage's item records (label = item index, any order) as rows ``0 .. n_items - 1``;
-    raises ValueError unless every item index appears exactly once."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if labels is None:
-        raise ValueError("The item vectors carry no labels (item indices).")
-    index = np.asarray(labels).astype(np.int64).reshape(-1)
-    if vectors.shape[0] != n_items or index.shape[0] != n_items or not np.array_equal(
-            np.sort(index), np.arange(n_items)):
-        raise ValueError(f"The item vectors must hold each of the {n_items} item indices once; got "
-                         f"{vectors.shape[0]} records with labels in [{index.min(initial=0)}, "
-                         f"{index.max(initial=-1)}].")
-    out = np.empty_like(vectors)
-    out[index] = vectors
-    return out
-
-
 def publish_items(vectors: np.ndarray, item_ids: Sequence[str], popularity: np.ndarray, *, start: int,
                   stop: int, similar_items: int, top_n: int, run_id: str, generated_at: str, expires_at: int,
                   write: Callable[[Iterable[dict[str, Any]]], int]) -> dict[str, Any]:

@@ -137,3 +137,13 @@ def test_shard_names_round_trip_through_the_transform_output_name() -> None:
     assert vectors.parse_user_shard(f"runs/r1/serve/transform/{name}.out") == (250, 500)
     assert vectors.parse_user_shard("runs/r1/serve/transform/_SUCCESS") is None
     assert vectors.parse_user_shard("x/users-0000000005-0000000005.pbr.out") is None
+
+
+def test_vectors_come_back_in_item_order_and_must_cover_every_item() -> None:
+    vecs = np.arange(12, dtype=np.float32).reshape(4, 3)
+    ordered = vectors.vectors_by_index(vecs, np.array([2.0, 0.0, 3.0, 1.0]), 4)
+    assert ordered.tolist() == vecs[[1, 3, 0, 2]].tolist()
+    with pytest.raises(ValueError, match="each of the 4 item indices once"):
+        vectors.vectors_by_index(vecs, np.array([0, 0, 1, 2]), 4)
+    with pytest.raises(ValueError, match="no labels"):
+        vectors.vectors_by_index(vecs, None, 4)

@@ -74,16 +74,6 @@ def test_popular_row_orders_by_users_and_skips_unused_items() -> None:
         items.popular_row(np.array([1, 2]), ["a", "b", "c", "d"], 10, 20, "r1", "t", 7)
 
 
-def test_vectors_come_back_in_item_order_and_must_cover_every_item() -> None:
-    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
-    ordered = items.vectors_by_index(vectors, np.array([2.0, 0.0, 3.0, 1.0]), 4)
-    assert ordered.tolist() == vectors[[1, 3, 0, 2]].tolist()
-    with pytest.raises(ValueError, match="each of the 4 item indices once"):
-        items.vectors_by_index(vectors, np.array([0, 0, 1, 2]), 4)
-    with pytest.raises(ValueError, match="no labels"):
-        items.vectors_by_index(vectors, None, 4)
-
-
 def test_publish_items_writes_its_range_and_shard_zero_the_popular_row() -> None:
     vectors = np.random.default_rng(8).normal(size=(6, 3)).astype(np.float32)
     ids = [f"x{i}" for i in range(6)]
