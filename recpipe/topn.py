@@ -99,14 +99,7 @@ def rank(
         raise ValueError(
             f"popularity has {np.asarray(popularity).size} entries but there are {n_items} items."
         )
-    labels = labels.astype(np.int64, copy=False)
-    bad = (labels < -1) | (labels >= n_items)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise ValueError(
-            f"k-NN label {int(labels[r, c])} (row {int(r)}, neighbour {int(c)}) is not an item index in "
-            f"[0, {n_items}): was the k-NN model trained on this run's item vectors?"
-        )
+    labels = _checked_labels(labels, n_items)
 
     scores = distances if higher_is_better else -distances
     scores = np.where(np.isnan(scores), -np.inf, scores)
@@ -169,15 +162,8 @@ def exact_scores(labels: np.ndarray, user_vectors: np.ndarray, item_vectors: np.
     if users.shape[1] != items.shape[1]:
         raise ValueError(f"User vectors have {users.shape[1]} dimensions but item vectors {items.shape[1]}: "
                          "were both written by the same Repackage?")
-    labels = labels.astype(np.int64, copy=False)
     n_items = items.shape[0]
-    bad = (labels < -1) | (labels >= n_items)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise ValueError(
-            f"k-NN label {int(labels[r, c])} (row {int(r)}, neighbour {int(c)}) is not an item index in "
-            f"[0, {n_items}): was the k-NN model trained on this run's item vectors?"
-        )
+    labels = _checked_labels(labels, n_items)
     scores = np.empty(labels.shape, dtype=np.float32)
     for start in range(0, labels.shape[0], SCORE_BLOCK):
         stop = start + SCORE_BLOCK
@@ -204,6 +190,20 @@ def rank_shard(
     """
     scores = exact_scores(labels, user_vectors, item_vectors)
     return rank(labels, scores, seen, top_n, popularity)
+
+
+def _checked_labels(labels: np.ndarray, n_items: int) -> np.ndarray:
+    """``labels`` as int64; a ValueError naming the first one that is neither -1 (no neighbour) nor an
+    item index."""
+    labels = labels.astype(np.int64, copy=False)
+    bad = (labels < -1) | (labels >= n_items)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(
+            f"k-NN label {int(labels[r, c])} (row {int(r)}, neighbour {int(c)}) is not an item index in "
+            f"[0, {n_items}): was the k-NN model trained on this run's item vectors?"
+        )
+    return labels
 
 
 def _is_seen(seen: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
