@@ -173,15 +173,25 @@ def test_an_error_not_in_error_equals_is_not_caught(sfn: Any) -> None:
     assert [s.name for s in outcome.states] == ["Work"]
 
 
-def test_retry_matches_the_name_and_its_waits_are_shortened(sfn: Any) -> None:
-    attempts: list[float] = []
+def test_retry_matches_the_name_and_its_waits_are_shortened(
+    sfn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[int] = []
+    waits: list[tuple[float, float]] = []  # (the wait the Retry asked for, the scale applied to it)
 
     def flaky(call: TaskCall) -> Any:
-        attempts.append(time.monotonic())
+        attempts.append(len(attempts))
         if len(attempts) < 3:
             raise TaskFailure("Lambda.ServiceException", "try again")
         return {"Payload": {"ok": True}, "StatusCode": 200}
 
+    original_sleep = moto_hook._ScaledTime.sleep
+
+    def recording_sleep(self: Any, seconds: float) -> None:
+        waits.append((seconds, self.scale))
+        original_sleep(self, seconds)
+
+    monkeypatch.setattr(moto_hook._ScaledTime, "sleep", recording_sleep)
     # Real waits would be 10 s + 20 s; scaled by 0.01 they are 0.1 s + 0.2 s.
     retry = [
         {
@@ -191,15 +201,14 @@ def test_retry_matches_the_name_and_its_waits_are_shortened(sfn: Any) -> None:
             "BackoffRate": 2.0,
         }
     ]
-    started = time.monotonic()
     with installed({"lambda": flaky}, retry_scale=0.01):
         describe, outcome = _run(
             sfn, _catching_asl("arn:aws:states:::lambda:invoke", ["States.ALL"], retry), {}
         )
     assert describe["status"] == "SUCCEEDED"
     assert len(attempts) == 3
-    assert time.monotonic() - started < 5
-    assert attempts[2] - attempts[1] > attempts[1] - attempts[0]  # backoff still applies
+    # The backoff is the ASL's (10 s, then 10 x 2.0), each wait scaled: no wall-clock measurement.
+    assert waits == [(10.0, 0.01), (20.0, 0.01)]
     assert outcome.states[0].attempts == 3
 
 
